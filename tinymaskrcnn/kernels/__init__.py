@@ -1,0 +1,172 @@
+"""The one dispatch point between the NumPy reference and the fast kernels (design §6).
+
+Every stage module computes with plain NumPy. An op that also has a fast version asks
+this module for it by the op's reference name::
+
+    fast = kernels.implementation("box_iou")
+    if fast is not None:
+        return fast(boxes1, boxes2)
+    ...the reference...
+
+and never looks at which backend is active. The fast versions have the reference's
+exact signature and live beside this file, one module per stage and backend
+(``numba_boxes.py``, ``cuda_boxes.py``, ...). They are imported on first use, so
+``import tinymaskrcnn`` does not pay for Numba's start-up.
+
+Backends:
+    "numpy"  the reference (default); always available.
+    "numba"  Numba CPU kernels, ``@njit(parallel=True, cache=True)``.
+    "cuda"   Numba CUDA kernels; needs ``numba-cuda`` (``pip install tinymaskrcnn[cuda]``)
+             and a GPU, or Numba's simulator (``NUMBA_ENABLE_CUDASIM=1``).
+
+Choose one with ``use_backend("numba")`` (also usable as a ``with`` block) or the
+environment variable ``TINYMASKRCNN_BACKEND``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import os
+from collections.abc import Callable
+
+BACKENDS = ("numpy", "numba", "cuda")
+
+# op name -> {backend: "module.function"} relative to this package. An op missing
+# here, or missing a backend, runs the reference under that backend.
+_REGISTRY: dict[str, dict[str, str]] = {
+    # boxes.py
+    # roi_ops.py
+    # nn/conv.py
+}
+
+_ENV_VAR = "TINYMASKRCNN_BACKEND"
+
+
+def _check_name(name: str, what: str = "backend") -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown {what} {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def _initial_backend() -> str:
+    name = os.environ.get(_ENV_VAR, "numpy").strip().lower() or "numpy"
+    if name not in BACKENDS:
+        raise ValueError(
+            f"environment variable {_ENV_VAR}={name!r} names no backend; "
+            f"expected one of {', '.join(BACKENDS)} (or unset it for 'numpy')"
+        )
+    return name
+
+
+_DEFAULT_BACKEND = _initial_backend()
+_active: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "tinymaskrcnn_backend", default=_DEFAULT_BACKEND
+)
+_available_cache: dict[str, bool] = {}
+_loaded: dict[str, Callable] = {}
+
+
+def _backend_available(name: str) -> bool:
+    if name == "numpy":
+        return True
+    if name not in _available_cache:
+        try:
+            if name == "numba":
+                import numba  # noqa: F401
+
+                ok = True
+            else:
+                from numba import cuda
+
+                ok = bool(cuda.is_available())
+        except Exception:  # ImportError, or a CUDA driver that fails to initialise
+            ok = False
+        _available_cache[name] = ok
+    return _available_cache[name]
+
+
+def available_backends() -> list[str]:
+    """The backends that can run here, in order of preference for speed last."""
+    return [b for b in BACKENDS if _backend_available(b)]
+
+
+def get_backend() -> str:
+    """The name of the active backend."""
+    return _active.get()
+
+
+class use_backend:
+    """Switch backend: ``use_backend("numba")`` sets it; as a ``with`` block it is restored.
+
+    Raises ValueError for an unknown name and RuntimeError for a backend that cannot
+    run on this machine (with what to install).
+    """
+
+    def __init__(self, name: str):
+        name = _check_name(str(name).lower())
+        if not _backend_available(name):
+            hint = (
+                "install Numba (pip install numba)"
+                if name == "numba"
+                else "install numba-cuda (pip install 'tinymaskrcnn[cuda]') on a machine with "
+                "an NVIDIA GPU, or set NUMBA_ENABLE_CUDASIM=1 before importing numba to use "
+                "Numba's simulator"
+            )
+            raise RuntimeError(f"backend {name!r} is not available here: {hint}")
+        self.name = name
+        self._token = _active.set(name)
+
+    def __enter__(self) -> str:
+        return self.name
+
+    def __exit__(self, *exc) -> None:
+        _active.reset(self._token)
+
+
+def _load(path: str) -> Callable:
+    if path not in _loaded:
+        module_name, func_name = path.rsplit(".", 1)
+        module = importlib.import_module(f"{__name__}.{module_name}")
+        _loaded[path] = getattr(module, func_name)
+    return _loaded[path]
+
+
+def kernel(op: str, backend: str) -> Callable | None:
+    """The kernel registered for ``op`` under ``backend``, or None when it runs the reference."""
+    _check_name(backend)
+    path = _REGISTRY.get(op, {}).get(backend)
+    return None if path is None else _load(path)
+
+
+def implementation(op: str) -> Callable | None:
+    """The kernel for ``op`` under the active backend, or None: run the NumPy reference."""
+    if op not in _REGISTRY:
+        raise KeyError(f"op {op!r} is not registered in tinymaskrcnn.kernels._REGISTRY")
+    backend = _active.get()
+    return None if backend == "numpy" else kernel(op, backend)
+
+
+def implementations() -> dict[str, dict[str, str]]:
+    """Table op -> backend -> kernel name ("reference" where the NumPy code runs)."""
+    return {
+        op: {b: ("reference" if b == "numpy" else table.get(b, "reference")) for b in BACKENDS}
+        for op, table in sorted(_REGISTRY.items())
+    }
+
+
+def is_device_array(x) -> bool:
+    """True for a GPU array (Numba device array or anything with __cuda_array_interface__)."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
+__all__ = [
+    "BACKENDS",
+    "available_backends",
+    "get_backend",
+    "implementation",
+    "implementations",
+    "is_device_array",
+    "kernel",
+    "use_backend",
+]
