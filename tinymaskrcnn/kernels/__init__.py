@@ -36,8 +36,28 @@ BACKENDS = ("numpy", "numba", "cuda")
 # here, or missing a backend, runs the reference under that backend.
 _REGISTRY: dict[str, dict[str, str]] = {
     # boxes.py
+    "box_iou": {"numba": "numba_boxes.box_iou", "cuda": "cuda_boxes.box_iou"},
+    "box_decode": {"numba": "numba_boxes.box_decode", "cuda": "cuda_boxes.box_decode"},
+    "nms": {"numba": "numba_boxes.nms", "cuda": "cuda_boxes.nms"},
+    "batched_nms": {"numba": "numba_boxes.batched_nms", "cuda": "cuda_boxes.batched_nms"},
     # roi_ops.py
+    "roi_align": {"numba": "numba_roi_ops.roi_align", "cuda": "cuda_roi_ops.roi_align"},
+    "roi_align_backward": {
+        "numba": "numba_roi_ops.roi_align_backward",
+        "cuda": "cuda_roi_ops.roi_align_backward",
+    },
+    "roi_pool": {"numba": "numba_roi_ops.roi_pool", "cuda": "cuda_roi_ops.roi_pool"},
+    "roi_pool_backward": {
+        "numba": "numba_roi_ops.roi_pool_backward",
+        "cuda": "cuda_roi_ops.roi_pool_backward",
+    },
     # nn/conv.py
+    "im2col": {"numba": "numba_conv.im2col"},
+    "col2im": {"numba": "numba_conv.col2im"},
+    "conv2d": {"cuda": "cuda_conv.conv2d"},
+    "conv2d_backward": {"cuda": "cuda_conv.conv2d_backward"},
+    # nn/layers.py
+    "bias_add_relu_": {"numba": "numba_layers.bias_add_relu_"},
 }
 
 _ENV_VAR = "TINYMASKRCNN_BACKEND"
@@ -157,7 +177,8 @@ def implementations() -> dict[str, dict[str, str]]:
 
 def is_device_array(x) -> bool:
     """True for a GPU array (Numba device array or anything with __cuda_array_interface__)."""
-    return hasattr(x, "__cuda_array_interface__")
+    # Numba's simulator stands in FakeCUDAArray for device arrays; it has no interface.
+    return hasattr(x, "__cuda_array_interface__") or type(x).__name__ == "FakeCUDAArray"
 
 
 __all__ = [

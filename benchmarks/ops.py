@@ -1,0 +1,148 @@
+"""Time the box ops on every backend against torchvision, in one run.
+
+    python benchmarks/ops.py            # IoU 5000 x 5000, NMS on 5000 boxes, decode 200k
+    python benchmarks/ops.py --quick    # smaller sizes, for a smoke run
+
+Backends: numpy (the reference), numba (CPU), cuda (only on a real GPU; the simulator is
+not timed), and torchvision's CPU ops when torch is installed. torch and Numba get the
+same number of threads (``--threads``, default 2) so the comparison is fair. Each time is
+the median of several runs after a warm-up (Numba compilation excluded). Ratios are
+torchvision's time over ours: above 1 means tinymaskrcnn is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def median_time(fn, repeats):
+    fn()  # warm-up: compilation, caches, first-touch allocation
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def random_boxes(rng, n, image_size=(800, 1216), min_size=16.0, max_size=256.0):
+    h, w = image_size
+    x1 = rng.uniform(0, w - min_size, n)
+    y1 = rng.uniform(0, h - min_size, n)
+    bw = rng.uniform(min_size, max_size, n)
+    bh = rng.uniform(min_size, max_size, n)
+    return np.stack([x1, y1, x1 + bw, y1 + bh], axis=1).astype(np.float32)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for torch and Numba")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement")
+    args = parser.parse_args(argv)
+
+    import numba
+
+    from tinymaskrcnn.boxes import BoxCoder, box_iou, nms
+    from tinymaskrcnn.kernels import use_backend
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    backends = ["numpy", "numba"]
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        try:
+            from numba import cuda
+
+            if cuda.is_available():
+                backends.append("cuda")
+        except Exception:
+            pass
+    try:
+        import torch
+        import torchvision
+        from torchvision.models.detection import _utils as det_utils
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        torch = None
+
+    n_iou, n_nms, n_decode = (1000, 1000, 20_000) if args.quick else (5000, 5000, 200_000)
+    rng = np.random.default_rng(0)
+    iou_a, iou_b = random_boxes(rng, n_iou), random_boxes(rng, n_iou)
+    nms_boxes = random_boxes(rng, n_nms)
+    nms_scores = rng.random(n_nms).astype(np.float32)
+    anchors = random_boxes(rng, n_decode)
+    deltas = rng.normal(0, 1, (n_decode, 4)).astype(np.float32)
+    coder = BoxCoder()
+
+    ours = {
+        f"IoU {n_iou} x {n_iou}": lambda: box_iou(iou_a, iou_b),
+        f"NMS {n_nms} boxes @ 0.5": lambda: nms(nms_boxes, nms_scores, 0.5),
+        f"decode {n_decode // 1000}k anchors": lambda: coder.decode(deltas, anchors),
+    }
+    theirs = {}
+    if torch is not None:
+        t_a, t_b = torch.from_numpy(iou_a), torch.from_numpy(iou_b)
+        t_boxes, t_scores = torch.from_numpy(nms_boxes), torch.from_numpy(nms_scores)
+        t_anchors, t_deltas = torch.from_numpy(anchors), torch.from_numpy(deltas)
+        tv_coder = det_utils.BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000.0 / 16))
+        theirs = {
+            f"IoU {n_iou} x {n_iou}": lambda: torchvision.ops.box_iou(t_a, t_b),
+            f"NMS {n_nms} boxes @ 0.5": lambda: torchvision.ops.nms(t_boxes, t_scores, 0.5),
+            f"decode {n_decode // 1000}k anchors": lambda: tv_coder.decode(t_deltas, [t_anchors]),
+        }
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"threads {args.threads}; numpy {np.__version__}, numba {numba.__version__}"
+        + (f", torch {torch.__version__}, torchvision {torchvision.__version__}" if torch else "")
+    )
+    print(f"python {sys.version.split()[0]}; times in ms (median of {args.repeats})\n")
+    header = ["op"] + backends + (["torchvision"] if torch else [])
+    header += [f"tv/{b}" for b in backends[1:]] if torch else []
+    rows = []
+    for name, fn in ours.items():
+        times = {}
+        for backend in backends:
+            with use_backend(backend):
+                repeats = 3 if backend == "numpy" else args.repeats
+                times[backend] = median_time(fn, repeats)
+        row = [name] + [f"{times[b] * 1e3:.2f}" for b in backends]
+        if torch is not None:
+            tv = median_time(theirs[name], args.repeats)
+            row.append(f"{tv * 1e3:.2f}")
+            row += [f"{tv / times[b]:.1f}x" for b in backends[1:]]
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header] + rows:
+        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
+
+    # numba's NMS runs on one thread below _PARALLEL_MIN_NMS boxes; time both paths.
+    from tinymaskrcnn.kernels import numba_boxes
+
+    nms_fn = ours[f"NMS {n_nms} boxes @ 0.5"]
+    paths = {}
+    saved = numba_boxes._PARALLEL_MIN_NMS
+    try:
+        for path, limit in (("serial", 1 << 62), ("block-parallel", 0)):
+            numba_boxes._PARALLEL_MIN_NMS = limit
+            with use_backend("numba"):
+                paths[path] = median_time(nms_fn, args.repeats)
+    finally:
+        numba_boxes._PARALLEL_MIN_NMS = saved
+    print(
+        f"\nnumba NMS of {n_nms} boxes by path: "
+        + ", ".join(f"{p} {t * 1e3:.2f} ms" for p, t in paths.items())
+        + f" (the default switches to block-parallel at {saved} boxes)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The convolution kernels (numba_conv.py, cuda_conv.py) equal the NumPy reference.
+
+numba: im2col and col2im on random geometries and row bands, then whole layers run
+under the numba backend. cuda (Numba's simulator; tiny shapes, since the simulator runs
+one Python thread per CUDA thread): conv2d and conv2d_backward, NumPy and device arrays.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import cuda
+
+from tinymaskrcnn import kernels, nn
+from tinymaskrcnn.fpn import resnet_fpn_backbone
+from tinymaskrcnn.kernels import use_backend
+from tinymaskrcnn.nn import conv as conv_mod
+
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+@st.composite
+def geometries(draw):
+    k = draw(st.integers(1, 3))
+    s, d = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    hp = draw(st.integers(d * (k - 1) + 1, 10))
+    wp = draw(st.integers(d * (k - 1) + 1, 10))
+    ho = (hp - d * (k - 1) - 1) // s + 1
+    r0 = draw(st.integers(0, ho - 1))
+    r1 = draw(st.integers(r0 + 1, ho))
+    shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), hp, wp)
+    return shape, (k, k), (s, s), (d, d), (r0, r1)
+
+
+def reference(fn, *args, **kwargs):
+    with use_backend("numpy"):
+        return fn(*args, **kwargs)
+
+
+@given(geometry=geometries(), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_numba_im2col_equals_the_reference(geometry, dtype, seed):
+    shape, k, s, d, rows = geometry
+    xp = np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+    fast = kernels.kernel("im2col", "numba")(xp, k, s, d, rows)
+    np.testing.assert_array_equal(fast, reference(conv_mod.im2col, xp, k, s, d, rows))
+
+
+@given(geometry=geometries(), dtype=DTYPES, seed=st.integers(0, 2**16))
+def test_numba_col2im_equals_the_reference(geometry, dtype, seed):
+    shape, k, s, d, rows = geometry
+    rng = np.random.default_rng(seed)
+    n, c, hp, wp = shape
+    wo = (wp - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    cols = rng.standard_normal((n, c * k[0] * k[1], (rows[1] - rows[0]) * wo)).astype(dtype)
+    start = rng.standard_normal(shape).astype(dtype)
+    fast = kernels.kernel("col2im", "numba")(cols, start.copy(), k, s, d, rows)
+    slow = reference(conv_mod.col2im, cols, start.copy(), k, s, d, rows)
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
+
+
+def test_numba_im2col_writes_into_a_given_buffer():
+    xp = np.arange(2 * 6 * 7, dtype=np.float32).reshape(1, 2, 6, 7)
+    buffer = np.full(1000, -1.0, np.float32)
+    cols = kernels.kernel("im2col", "numba")(xp, (3, 3), (1, 1), (1, 1), (0, 4), buffer)
+    assert np.shares_memory(cols, buffer)
+    np.testing.assert_array_equal(
+        cols, reference(conv_mod.im2col, xp, (3, 3), (1, 1), (1, 1), (0, 4))
+    )
+
+
+def test_a_small_backbone_under_numba_equals_the_reference_forward_and_backward():
+    rng = np.random.default_rng(0)
+    model = resnet_fpn_backbone("resnet18", width=0.125, out_channels=8, rng=rng)
+    x = rng.standard_normal((2, 3, 37, 45)).astype(np.float32)
+    grads = None
+    results = {}
+    for backend in ("numpy", "numba"):
+        with use_backend(backend):
+            model.zero_grad()
+            outs = model(x)
+            grads = grads or [rng.standard_normal(p.shape).astype(np.float32) for p in outs]
+            model.backward(grads)
+            results[backend] = (
+                outs,
+                {n: p.grad for n, p in model.named_parameters() if p.requires_grad},
+            )
+    for a, b in zip(results["numba"][0], results["numpy"][0], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for name, g in results["numpy"][1].items():
+        np.testing.assert_allclose(results["numba"][1][name], g, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+# (N, C, O, k, stride, padding, dilation, groups, H, W): pointwise, strided, grouped+dilated
+CUDA_CASES = [
+    (1, 3, 4, 1, 1, 0, 1, 1, 5, 4),
+    (2, 4, 6, 3, 2, 1, 1, 2, 7, 6),
+    (1, 2, 4, 3, 1, 2, 2, 2, 6, 5),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CUDA_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_conv2d_equals_the_reference(case, dtype):
+    n, c, o, k, s, p, d, g, h, w = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((o, c // g, k, k)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype)
+    expected = reference(nn.conv2d, x, wt, b, s, p, d, g)
+    with use_backend("cuda"):
+        got = nn.conv2d(x, wt, b, s, p, d, g)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("case", CUDA_CASES)
+def test_cuda_conv2d_backward_equals_the_reference(case):
+    n, c, o, k, s, p, d, g, h, w = case
+    rng = np.random.default_rng(sum(case) + 1)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((o, c // g, k, k)).astype(np.float32)
+    y = reference(nn.conv2d, x, wt, None, s, p, d, g)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    expected = reference(nn.conv2d_backward, gy, x, wt, s, p, d, g)
+    with use_backend("cuda"):
+        got = nn.conv2d_backward(gy, x, wt, s, p, d, g)
+    for a, e, name in zip(got, expected, ["grad_x", "grad_w", "grad_b"], strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.cuda
+def test_cuda_conv2d_keeps_device_arrays_on_the_device():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    wt = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    with use_backend("cuda"):
+        d_y = nn.conv2d(cuda.to_device(x), wt, None, 1, 1)
+        assert kernels.is_device_array(d_y)
+        d_gx, d_gw, d_gb = nn.conv2d_backward(d_y, cuda.to_device(x), wt, 1, 1)
+    assert all(kernels.is_device_array(a) for a in (d_gx, d_gw, d_gb))
+    np.testing.assert_allclose(
+        d_y.copy_to_host(), reference(nn.conv2d, x, wt, None, 1, 1), rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.cuda
+@settings(max_examples=4)
+@given(seed=st.integers(0, 2**16), k=st.integers(1, 3), s=st.integers(1, 2))
+def test_cuda_conv2d_equals_the_reference_on_random_inputs(seed, k, s):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, 2, 6, 5)).astype(np.float32)
+    wt = rng.standard_normal((2, 2, k, k)).astype(np.float32)
+    with use_backend("cuda"):
+        got = nn.conv2d(x, wt, None, s, k // 2)
+    np.testing.assert_allclose(
+        got, reference(nn.conv2d, x, wt, None, s, k // 2), rtol=1e-5, atol=1e-5
+    )
+
+
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
+    residual=st.booleans(),
+    relu=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+)
+def test_numba_bias_add_relu_equals_the_reference(shape, residual, relu, dtype, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.standard_normal(shape).astype(dtype)
+    bias = rng.standard_normal(shape[1]).astype(dtype)
+    res = rng.standard_normal(shape).astype(dtype) if residual else None
+    expected = reference(nn.bias_add_relu_, y.copy(), bias, res, relu)
+    got = kernels.kernel("bias_add_relu_", "numba")(y.copy(), bias, res, relu)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_a_conv_layer_under_cuda_accumulates_the_same_gradients_as_the_reference():
+    rng = np.random.default_rng(6)
+    layer = nn.Conv2d(2, 3, 3, stride=2, padding=1, rng=rng)
+    x = rng.standard_normal((1, 2, 5, 6)).astype(np.float32)
+    gy = rng.standard_normal((1, 3, 3, 3)).astype(np.float32)
+    grads = {}
+    for backend in ("numpy", "cuda"):
+        with use_backend(backend):
+            layer.zero_grad()
+            y = layer(x)
+            gx = layer.backward(gy)
+        grads[backend] = y, gx, layer.weight.grad, layer.bias.grad
+    for a, b in zip(grads["cuda"], grads["numpy"], strict=True):
+        assert isinstance(a, np.ndarray)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

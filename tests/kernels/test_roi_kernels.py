@@ -1,0 +1,184 @@
+"""The numba and CUDA kernels of roi_ops.py equal the NumPy reference.
+
+Random feature maps and RoIs of every kind (inside, across the border, wholly outside,
+zero-sized, larger than the map), both dtypes, every sampling mode; CUDA runs under
+Numba's simulator unless pytest is run with ``-m gpu``, so its cases stay small.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tinymaskrcnn import kernels
+from tinymaskrcnn.kernels import use_backend
+from tinymaskrcnn.roi_ops import roi_align, roi_align_backward, roi_pool, roi_pool_backward
+
+
+@st.composite
+def problems(draw, max_k=8, max_c=6, max_size=9):
+    """(features, rois, output_size, spatial_scale) with RoIs of every kind."""
+    n = draw(st.integers(1, 2))
+    c = draw(st.integers(1, max_c))
+    h, w = draw(st.integers(1, max_size)), draw(st.integers(1, max_size))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    # Integer-valued maps now and then, so that RoIPool meets ties.
+    if draw(st.booleans()):
+        features = rng.normal(size=(n, c, h, w)).astype(dtype)
+    else:
+        features = rng.integers(0, 3, size=(n, c, h, w)).astype(dtype)
+    scale = draw(st.sampled_from([1.0, 0.5, 0.25]))
+    k = draw(st.integers(0, max_k))
+    span = np.array([w, h, w, h]) / scale
+    corners = rng.uniform(-0.5, 1.5, size=(k, 4)) * span
+    boxes = np.concatenate(
+        [np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])],
+        axis=1,
+    )
+    if k:
+        zero_width = rng.random(k) < 0.2
+        boxes[zero_width, 2] = boxes[zero_width, 0]
+        boxes = np.where(rng.random((k, 1)) < 0.3, np.round(boxes), boxes)  # on cell borders
+    rois = np.concatenate([rng.integers(0, n, size=(k, 1)), boxes], axis=1).astype(dtype)
+    output_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    return features, rois, output_size, scale
+
+
+def _tolerance(dtype):
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+
+def _run(backend, function, *args, **kwargs):
+    with use_backend(backend):
+        return function(*args, **kwargs)
+
+
+CPU = [pytest.param("numba", id="numba")]
+ALL = [*CPU, pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
+
+
+def _examples(backend):
+    # The CUDA simulator runs a Python thread per output element: fewer, smaller cases.
+    # On the CPU up to 6 channels take the numba forward's 4-channel path and its rest.
+    return problems(max_k=4, max_c=2, max_size=6) if backend == "cuda" else problems()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_roi_align_kernels_equal_the_reference(backend):
+    @given(
+        problem=_examples(backend),
+        ratio=st.sampled_from([-1, 0, 1, 2]),
+        aligned=st.booleans(),
+        reduction=st.sampled_from(["avg", "max"]),
+    )
+    def check(problem, ratio, aligned, reduction):
+        features, rois, size, scale = problem
+        expected = roi_align(features, rois, size, scale, ratio, aligned, reduction)
+        got = _run(backend, roi_align, features, rois, size, scale, ratio, aligned, reduction)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, **_tolerance(features.dtype))
+
+    check()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_roi_align_backward_kernels_equal_the_reference(backend):
+    @given(problem=_examples(backend), ratio=st.sampled_from([-1, 1, 2]), aligned=st.booleans())
+    def check(problem, ratio, aligned):
+        features, rois, size, scale = problem
+        grad_out = (
+            np.random.default_rng(len(rois))
+            .normal(size=(len(rois), features.shape[1], *size))
+            .astype(features.dtype)
+        )
+        expected = roi_align_backward(grad_out, rois, features.shape, scale, ratio, aligned)
+        got = _run(
+            backend, roi_align_backward, grad_out, rois, features.shape, scale, ratio, aligned
+        )
+        assert got.dtype == expected.dtype
+        np.testing.assert_allclose(got, expected, **_tolerance(features.dtype))
+
+    check()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_roi_pool_kernels_equal_the_reference_argmax_included(backend):
+    @given(problem=_examples(backend))
+    def check(problem):
+        features, rois, size, scale = problem
+        expected, expected_argmax = roi_pool(features, rois, size, scale)
+        got, argmax = _run(backend, roi_pool, features, rois, size, scale)
+        np.testing.assert_array_equal(argmax, expected_argmax)
+        np.testing.assert_array_equal(got, expected)
+
+    check()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_roi_pool_backward_kernels_equal_the_reference(backend):
+    @given(problem=_examples(backend))
+    def check(problem):
+        features, rois, size, scale = problem
+        _, argmax = roi_pool(features, rois, size, scale)
+        grad_out = np.random.default_rng(1).normal(size=argmax.shape).astype(features.dtype)
+        expected = roi_pool_backward(grad_out, argmax, rois, features.shape)
+        got = _run(backend, roi_pool_backward, grad_out, argmax, rois, features.shape)
+        np.testing.assert_allclose(got, expected, **_tolerance(features.dtype))
+
+    check()
+
+
+def test_numba_kernels_split_channels_when_there_are_few_rois():
+    # One RoI and many channels: the forward runs several channel blocks per RoI.
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(1, 37, 10, 11))
+    rois = np.array([[0, 1.5, 2.0, 17.0, 15.5]])
+    expected = roi_align(features, rois, (3, 3), 0.5, -1)
+    np.testing.assert_allclose(
+        _run("numba", roi_align, features, rois, (3, 3), 0.5, -1), expected, rtol=1e-12
+    )
+    grad_out = rng.normal(size=expected.shape)
+    np.testing.assert_allclose(
+        _run("numba", roi_align_backward, grad_out, rois, features.shape, 0.5, -1),
+        roi_align_backward(grad_out, rois, features.shape, 0.5, -1),
+        rtol=1e-10,
+        atol=1e-12,
+    )
+
+
+@pytest.mark.cuda
+def test_cuda_results_stay_on_the_device_when_given_device_arrays():
+    from numba import cuda
+
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(1, 2, 5, 6)).astype(np.float32)
+    rois = np.array([[0, 0.5, 1.0, 9.0, 7.5], [0, 3.0, 2.0, 5.0, 4.0]], np.float32)
+    with use_backend("cuda"):
+        out = roi_align(cuda.to_device(features), cuda.to_device(rois), 2, 0.5, 2)
+        pooled, argmax = roi_pool(cuda.to_device(features), rois, 2, 0.5)
+        grad = roi_align_backward(out, cuda.to_device(rois), features.shape, 0.5, 2)
+        pool_grad = roi_pool_backward(pooled, argmax, rois, features.shape)
+    assert all(kernels.is_device_array(a) for a in (out, pooled, argmax, grad, pool_grad))
+    np.testing.assert_allclose(out.copy_to_host(), roi_align(features, rois, 2, 0.5, 2), rtol=1e-6)
+    np.testing.assert_allclose(
+        grad.copy_to_host(),
+        roi_align_backward(out.copy_to_host(), rois, features.shape, 0.5, 2),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    ref_pooled, ref_argmax = roi_pool(features, rois, 2, 0.5)
+    np.testing.assert_array_equal(argmax.copy_to_host(), ref_argmax)
+    np.testing.assert_allclose(
+        pool_grad.copy_to_host(), roi_pool_backward(ref_pooled, ref_argmax, rois, features.shape)
+    )
+
+
+@pytest.mark.cuda
+def test_a_device_array_outside_the_cuda_backend_is_refused_with_the_fix():
+    from numba import cuda
+
+    features = cuda.to_device(np.zeros((1, 1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"GPU array; run under use_backend\('cuda'\)"):
+        roi_align(features, np.array([[0, 0, 0, 2, 2]], np.float32), 2)

@@ -1,0 +1,41 @@
+"""The ``tinymaskrcnn`` command line: help texts and the tour's figures."""
+
+import pytest
+
+from tinymaskrcnn.cli import main
+
+
+def test_help_lists_the_tour(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "tour" in capsys.readouterr().out
+
+
+def test_tour_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["tour", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--out", "--backend", "--seed", "--image-size"):
+        assert option in out
+
+
+def test_the_tour_writes_its_figures_and_reports_each_stage(tmp_path, capsys):
+    assert main(["tour", "--out", str(tmp_path), "--backend", "numba", "--image-size", "128"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("[anchors]", "[matching]", "[proposals]"):
+        assert stage in out
+    assert "DISAGREE" not in out
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == ["01_anchors.png", "02_matching.png", "03_proposals.png"]
+
+
+def test_the_tour_rejects_a_tiny_image(tmp_path):
+    with pytest.raises(SystemExit, match="--image-size must be at least 64"):
+        main(["tour", "--out", str(tmp_path), "--image-size", "16"])
+
+
+def test_an_unknown_backend_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["tour", "--backend", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err

@@ -1,0 +1,228 @@
+"""Numba CUDA kernels for ``tinymaskrcnn.boxes``: box_iou, nms, batched_nms, box_decode.
+
+Host wrappers take NumPy arrays (copied to the GPU and the result copied back) or Numba
+device arrays (the result stays on the device, so a pipeline can stay there). Arguments
+arrive validated by ``boxes.py``.
+
+Floating constants are passed to the kernels as scalars of the boxes' dtype: Numba types
+a float literal as float64, which would silently compute float32 boxes in double and
+make NMS decisions differ from the reference's.
+
+NMS is the bitmask scheme of the Faster R-CNN CUDA code and torchvision: boxes sorted by
+score are cut into tiles of 64; block (row tile, column tile) has one thread per row box,
+which writes a 64-bit word saying which boxes of the column tile it suppresses. A single
+block then walks the boxes in order and ORs the words of every kept box into a
+"removed" bitmap. Everything stays on the device except the sort: the scores (N floats)
+are copied to the host, sorted there with the reference's stable order, and the order is
+copied back, because Numba CUDA has no device sort.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, int64, uint64
+
+from ..boxes import score_order
+from . import is_device_array
+
+_TILE = 64  # bits in a mask word: boxes per NMS tile
+_THREADS_2D = (16, 16)
+_THREADS_1D = 128
+
+
+def _to_device(x):
+    return x if is_device_array(x) else cuda.to_device(np.ascontiguousarray(x))
+
+
+def _result(d_out, on_device):
+    return d_out if on_device else d_out.copy_to_host()
+
+
+# --- box_iou ------------------------------------------------------------------------
+
+
+@cuda.jit
+def _iou_kernel(boxes1, boxes2, zero, out):
+    # x indexes columns, so neighbouring threads write neighbouring outputs (coalesced).
+    j, i = cuda.grid(2)
+    if i >= out.shape[0] or j >= out.shape[1]:
+        return
+    ax1, ay1, ax2, ay2 = boxes1[i, 0], boxes1[i, 1], boxes1[i, 2], boxes1[i, 3]
+    bx1, by1, bx2, by2 = boxes2[j, 0], boxes2[j, 1], boxes2[j, 2], boxes2[j, 3]
+    w = max(min(ax2, bx2) - max(ax1, bx1), zero)
+    h = max(min(ay2, by2) - max(ay1, by1), zero)
+    inter = w * h
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    out[i, j] = inter / union if union > zero else zero
+
+
+def box_iou(boxes1, boxes2):
+    """IoU of every pair, (N, 4) x (M, 4) -> (N, M); see ``boxes.box_iou``."""
+    on_device = is_device_array(boxes1) or is_device_array(boxes2)
+    n, m = boxes1.shape[0], boxes2.shape[0]
+    dtype = np.dtype(boxes1.dtype)
+    d_out = cuda.device_array((n, m), dtype=dtype)
+    if n and m:
+        blocks = (math.ceil(m / _THREADS_2D[0]), math.ceil(n / _THREADS_2D[1]))
+        _iou_kernel[blocks, _THREADS_2D](
+            _to_device(boxes1), _to_device(boxes2), dtype.type(0), d_out
+        )
+    return _result(d_out, on_device)
+
+
+# --- nms, batched_nms ---------------------------------------------------------------
+
+
+@cuda.jit
+def _gather_sorted(boxes, labels, order, use_labels, sorted_boxes, sorted_labels):
+    k = cuda.grid(1)
+    if k < order.shape[0]:
+        src = order[k]
+        for c in range(4):
+            sorted_boxes[k, c] = boxes[src, c]
+        sorted_labels[k] = labels[src] if use_labels else 0
+
+
+@cuda.jit
+def _nms_mask_kernel(boxes, labels, threshold, zero, mask):
+    n = boxes.shape[0]
+    col_tile = cuda.blockIdx.x
+    row_tile = cuda.blockIdx.y
+    if col_tile < row_tile:
+        return  # every column box precedes every row box: nothing to suppress
+    i = row_tile * _TILE + cuda.threadIdx.x
+    if i >= n:
+        return
+    x1, y1, x2, y2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+    area_i = (x2 - x1) * (y2 - y1)
+    # All threads of the block read the same column box at once: one broadcast load from
+    # the L1 cache, so staging the tile in shared memory would gain little.
+    start = col_tile * _TILE
+    bits = uint64(0)
+    for t in range(_TILE):
+        j = start + t
+        if j >= n:
+            break
+        if j <= i or labels[j] != labels[i]:
+            continue
+        w = max(min(x2, boxes[j, 2]) - max(x1, boxes[j, 0]), zero)
+        h = max(min(y2, boxes[j, 3]) - max(y1, boxes[j, 1]), zero)
+        inter = w * h
+        union = area_i + (boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1]) - inter
+        iou = inter / union if union > zero else zero
+        if iou > threshold:
+            bits |= uint64(1) << uint64(t)
+    mask[i, col_tile] = bits
+
+
+@cuda.jit
+def _nms_reduce_kernel(mask, order, removed, keep, count):
+    # One block walks the sorted boxes in order; its threads share the OR of each kept
+    # box's row of words. Every thread reaches the same decision, so the barriers are safe.
+    n = mask.shape[0]
+    col_tiles = mask.shape[1]
+    tid = cuda.threadIdx.x
+    n_kept = int64(0)
+    for i in range(n):
+        word = removed[i // _TILE]
+        cuda.syncthreads()  # all reads of this word happen before anyone ORs into it
+        if not (word >> uint64(i % _TILE)) & uint64(1):
+            if tid == 0:
+                keep[n_kept] = order[i]
+            n_kept += 1
+            for c in range(i // _TILE + tid, col_tiles, cuda.blockDim.x):
+                removed[c] |= mask[i, c]
+        cuda.syncthreads()
+    if tid == 0:
+        count[0] = n_kept
+
+
+def _nms(boxes, scores, idxs, iou_threshold):
+    on_device = any(is_device_array(a) for a in (boxes, scores, idxs))
+    n = boxes.shape[0]
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return cuda.to_device(empty) if on_device else empty
+    dtype = np.dtype(boxes.dtype)
+    host_scores = scores.copy_to_host() if is_device_array(scores) else scores
+    d_order = cuda.to_device(score_order(host_scores))
+    use_labels = idxs is not None
+    d_labels = _to_device(idxs) if use_labels else cuda.to_device(np.zeros(1, np.int64))
+    d_sorted = cuda.device_array((n, 4), dtype=dtype)
+    d_sorted_labels = cuda.device_array(n, dtype=np.int64)
+    _gather_sorted[math.ceil(n / _THREADS_1D), _THREADS_1D](
+        _to_device(boxes), d_labels, d_order, use_labels, d_sorted, d_sorted_labels
+    )
+    tiles = math.ceil(n / _TILE)
+    d_mask = cuda.device_array((n, tiles), dtype=np.uint64)
+    _nms_mask_kernel[(tiles, tiles), _TILE](
+        d_sorted, d_sorted_labels, np.float64(iou_threshold), dtype.type(0), d_mask
+    )
+    d_removed = cuda.to_device(np.zeros(tiles, dtype=np.uint64))
+    d_keep = cuda.device_array(n, dtype=np.int64)
+    d_count = cuda.device_array(1, dtype=np.int64)
+    # One thread per word of a mask row (at most a tile's worth): no idle threads wait at
+    # the two barriers per box.
+    _nms_reduce_kernel[1, min(tiles, _TILE)](d_mask, d_order, d_removed, d_keep, d_count)
+    n_kept = int(d_count.copy_to_host()[0])
+    return d_keep[:n_kept] if on_device else d_keep[:n_kept].copy_to_host()
+
+
+def nms(boxes, scores, iou_threshold):
+    """Greedy NMS; (N, 4), (N,) -> (K,) int64 by decreasing score; see ``boxes.nms``."""
+    return _nms(boxes, scores, None, iou_threshold)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    """NMS within each ``idxs`` category; -> (K,) int64 by decreasing score."""
+    return _nms(boxes, scores, idxs, iou_threshold)
+
+
+# --- box_decode ---------------------------------------------------------------------
+
+
+@cuda.jit
+def _decode_kernel(deltas, anchors, wx, wy, ww, wh, clip, half, out):
+    # One thread per decoded box: (anchor n, class c).
+    k = cuda.grid(1)
+    per_anchor = deltas.shape[1] // 4
+    if k >= deltas.shape[0] * per_anchor:
+        return
+    n = k // per_anchor
+    c = (k % per_anchor) * 4
+    aw = anchors[n, 2] - anchors[n, 0]
+    ah = anchors[n, 3] - anchors[n, 1]
+    ax = anchors[n, 0] + half * aw
+    ay = anchors[n, 1] + half * ah
+    cx = deltas[n, c] / wx * aw + ax
+    cy = deltas[n, c + 1] / wy * ah + ay
+    half_w = half * (math.exp(min(deltas[n, c + 2] / ww, clip)) * aw)
+    half_h = half * (math.exp(min(deltas[n, c + 3] / wh, clip)) * ah)
+    out[n, c] = cx - half_w
+    out[n, c + 1] = cy - half_h
+    out[n, c + 2] = cx + half_w
+    out[n, c + 3] = cy + half_h
+
+
+def box_decode(deltas, anchors, weights, bbox_xform_clip):
+    """Decode (N, 4 k) deltas against (N, 4) anchors; see ``boxes.box_decode``."""
+    on_device = is_device_array(deltas) or is_device_array(anchors)
+    dtype = np.dtype(deltas.dtype)
+    d_out = cuda.device_array(tuple(deltas.shape), dtype=dtype)
+    total = deltas.shape[0] * (deltas.shape[1] // 4)
+    if total:
+        wx, wy, ww, wh = (dtype.type(w) for w in weights)
+        _decode_kernel[math.ceil(total / _THREADS_1D), _THREADS_1D](
+            _to_device(deltas),
+            _to_device(anchors),
+            wx,
+            wy,
+            ww,
+            wh,
+            dtype.type(bbox_xform_clip),
+            dtype.type(0.5),
+            d_out,
+        )
+    return _result(d_out, on_device)

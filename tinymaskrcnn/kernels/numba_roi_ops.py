@@ -1,0 +1,335 @@
+"""Numba CPU kernels for roi_ops.py: RoIAlign and RoIPool, forward and backward.
+
+Same signatures and results as the NumPy reference in ``tinymaskrcnn/roi_ops.py``,
+which also supplies the per-RoI geometry (``roi_align_geometry``, ``roi_pool_bins``)
+so that every backend places its samples and bins from the very same numbers.
+
+Forward work is split over (RoI, block of channels): the sample positions and bilinear
+weights of a RoI are computed once per block and reused for each of its channels.
+Backward is split over blocks of channels only, so that no two threads ever add into
+the same gradient cell (no atomics needed on the CPU).
+
+Flat cell indices are uint32: Numba checks every signed index for Python's negative
+wrap-around, and on these gather-bound loops that check costs about a third of the time
+(a feature map has far fewer than 2**32 cells). Sample coordinates are float64 in every
+backend, so that all of them pick the same cells; weights are stored in the data's dtype.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ..roi_ops import roi_align_geometry, roi_pool_bins
+
+
+def bilinear(y, x, height, width):
+    """The four cells around (x, y) and their weights, torchvision's border rules.
+
+    Returns (y_low, y_high, x_low, x_high, w_tl, w_tr, w_bl, w_br); all zero for a point
+    more than one cell outside the map. Plain Python: compiled here for the CPU and by
+    cuda_roi_ops.py as a device function.
+    """
+    if y < -1.0 or y > height or x < -1.0 or x > width:
+        return 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0
+    if y <= 0.0:
+        y = 0.0
+    if x <= 0.0:
+        x = 0.0
+    y_low = int(y)
+    x_low = int(x)
+    if y_low >= height - 1:
+        y_low = height - 1
+        y_high = height - 1
+        ly = 0.0
+    else:
+        y_high = y_low + 1
+        ly = y - y_low
+    if x_low >= width - 1:
+        x_low = width - 1
+        x_high = width - 1
+        lx = 0.0
+    else:
+        x_high = x_low + 1
+        lx = x - x_low
+    hy = 1.0 - ly
+    hx = 1.0 - lx
+    return y_low, y_high, x_low, x_high, hy * hx, hy * lx, ly * hx, ly * lx
+
+
+_bilinear = njit(inline="always")(bilinear)
+
+
+@njit(cache=True)
+def _fill_samples(sx, sy, bw, bh, gh, gw, ph_n, pw_n, height, width, index, weight):
+    """Neighbours (flat index y * W + x) and weights of every sample of one RoI, bin-major."""
+    s = 0
+    for ph in range(ph_n):
+        for pw in range(pw_n):
+            for iy in range(gh):
+                y = sy + ph * bh + (iy + 0.5) * bh / gh
+                for ix in range(gw):
+                    x = sx + pw * bw + (ix + 0.5) * bw / gw
+                    y0, y1, x0, x1, w0, w1, w2, w3 = _bilinear(y, x, height, width)
+                    index[s, 0] = y0 * width + x0
+                    index[s, 1] = y0 * width + x1
+                    index[s, 2] = y1 * width + x0
+                    index[s, 3] = y1 * width + x1
+                    weight[s, 0] = w0
+                    weight[s, 1] = w1
+                    weight[s, 2] = w2
+                    weight[s, 3] = w3
+                    s += 1
+
+
+@njit(inline="always")
+def _sample(values, index, weight, s):
+    return (
+        weight[s, 0] * values[index[s, 0]]
+        + weight[s, 1] * values[index[s, 1]]
+        + weight[s, 2] * values[index[s, 2]]
+        + weight[s, 3] * values[index[s, 3]]
+    )
+
+
+@njit(inline="always")
+def _bin_sums_of_4_channels(v0, v1, v2, v3, index, weight, s, per_bin):
+    # Four channels at once: each sample's cells and weights are loaded once for all
+    # four, and the four independent reads keep more memory requests in flight.
+    a0 = a1 = a2 = a3 = 0.0
+    for t in range(s, s + per_bin):
+        i0, i1, i2, i3 = index[t, 0], index[t, 1], index[t, 2], index[t, 3]
+        w0, w1, w2, w3 = weight[t, 0], weight[t, 1], weight[t, 2], weight[t, 3]
+        a0 += w0 * v0[i0] + w1 * v0[i1] + w2 * v0[i2] + w3 * v0[i3]
+        a1 += w0 * v1[i0] + w1 * v1[i1] + w2 * v1[i2] + w3 * v1[i3]
+        a2 += w0 * v2[i0] + w1 * v2[i1] + w2 * v2[i2] + w3 * v2[i3]
+        a3 += w0 * v3[i0] + w1 * v3[i1] + w2 * v3[i2] + w3 * v3[i3]
+    return a0, a1, a2, a3
+
+
+@njit(parallel=True, cache=True)
+def _roi_align_forward(
+    features, batch, sx, sy, bw, bh, grid_h, grid_w, order, use_max, cblock, out
+):
+    k_n, c_n, ph_n, pw_n = out.shape
+    height, width = features.shape[2], features.shape[3]
+    plane = features.reshape(features.shape[0], c_n, height * width)
+    n_blocks = (c_n + cblock - 1) // cblock
+    for task in prange(k_n * n_blocks):
+        k = order[task // n_blocks]
+        c0 = (task % n_blocks) * cblock
+        c1 = min(c0 + cblock, c_n)
+        gh, gw = grid_h[k], grid_w[k]
+        per_bin = gh * gw
+        index = np.empty((ph_n * pw_n * per_bin, 4), np.uint32)
+        weight = np.empty((ph_n * pw_n * per_bin, 4), features.dtype)
+        _fill_samples(sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight)
+        count = max(per_bin, 1)
+        b = batch[k]
+        c = c0
+        while not use_max and c + 4 <= c1:
+            v0, v1, v2, v3 = plane[b, c], plane[b, c + 1], plane[b, c + 2], plane[b, c + 3]
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    s = (ph * pw_n + pw) * per_bin
+                    a0, a1, a2, a3 = _bin_sums_of_4_channels(
+                        v0, v1, v2, v3, index, weight, s, per_bin
+                    )
+                    out[k, c, ph, pw] = a0 / count
+                    out[k, c + 1, ph, pw] = a1 / count
+                    out[k, c + 2, ph, pw] = a2 / count
+                    out[k, c + 3, ph, pw] = a3 / count
+            c += 4
+        rest = c
+        for c in range(rest, c1):
+            values = plane[b, c]
+            s = 0
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    if use_max:
+                        best = -np.inf if per_bin > 0 else 0.0
+                        for _ in range(per_bin):
+                            best = max(best, _sample(values, index, weight, s))
+                            s += 1
+                        out[k, c, ph, pw] = best
+                    else:
+                        acc = 0.0
+                        for _ in range(per_bin):
+                            acc += _sample(values, index, weight, s)
+                            s += 1
+                        out[k, c, ph, pw] = acc / count
+
+
+@njit(parallel=True, cache=True)
+def _roi_align_backward(grad_out, batch, sx, sy, bw, bh, grid_h, grid_w, order, cblock, grad):
+    k_n, c_n, ph_n, pw_n = grad_out.shape
+    height, width = grad.shape[2], grad.shape[3]
+    plane = grad.reshape(grad.shape[0], c_n, height * width)
+    max_samples = 0
+    for k in range(k_n):
+        max_samples = max(max_samples, ph_n * pw_n * grid_h[k] * grid_w[k])
+    n_blocks = (c_n + cblock - 1) // cblock
+    # One block of channels per task: its gradient planes belong to this thread alone.
+    for block in prange(n_blocks):
+        c0 = block * cblock
+        c1 = min(c0 + cblock, c_n)
+        index = np.empty((max_samples, 4), np.uint32)
+        weight = np.empty((max_samples, 4), grad.dtype)
+        for k in order:
+            gh, gw = grid_h[k], grid_w[k]
+            per_bin = gh * gw
+            if per_bin <= 0:
+                continue
+            _fill_samples(
+                sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight
+            )
+            b = batch[k]
+            for c in range(c0, c1):
+                target = plane[b, c]
+                s = 0
+                for ph in range(ph_n):
+                    for pw in range(pw_n):
+                        g = grad_out[k, c, ph, pw] / per_bin
+                        for _ in range(per_bin):
+                            for j in range(4):
+                                target[index[s, j]] += g * weight[s, j]
+                            s += 1
+
+
+@njit(parallel=True, cache=True)
+def _roi_pool_forward(features, batch, h_start, h_end, w_start, w_end, out, argmax):
+    k_n, c_n, ph_n, pw_n = out.shape
+    width = features.shape[3]
+    plane = features.reshape(features.shape[0], c_n, features.shape[2] * width)
+    for task in prange(k_n * c_n):
+        k = task // c_n
+        c = task % c_n
+        values = plane[batch[k], c]
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                y0, y1 = h_start[k, ph], h_end[k, ph]
+                x0, x1 = w_start[k, pw], w_end[k, pw]
+                if y1 <= y0 or x1 <= x0:
+                    out[k, c, ph, pw] = 0.0
+                    argmax[k, c, ph, pw] = -1
+                    continue
+                where = np.uint32(y0 * width + x0)
+                best = values[where]
+                for y in range(y0, y1):
+                    row = np.uint32(y * width)
+                    for x in range(np.uint32(x0), np.uint32(x1)):
+                        # Strict '>': the first maximum in row-major order wins.
+                        if values[row + x] > best:
+                            best = values[row + x]
+                            where = row + x
+                out[k, c, ph, pw] = best
+                argmax[k, c, ph, pw] = where
+
+
+@njit(parallel=True, cache=True)
+def _roi_pool_backward(grad_out, argmax, batch, grad):
+    k_n, c_n, ph_n, pw_n = grad_out.shape
+    plane = grad.reshape(grad.shape[0], c_n, grad.shape[2] * grad.shape[3])
+    for c in prange(c_n):  # one channel per task: no two threads write the same cell
+        for k in range(k_n):
+            b = batch[k]
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    where = argmax[k, c, ph, pw]
+                    if where >= 0:
+                        plane[b, c, where] += grad_out[k, c, ph, pw]
+
+
+def _raster_order(rois):
+    """RoIs by bands of their centre's y, then x: neighbours in this order overlap.
+
+    Consecutive RoIs of one thread then read (or, backward, write) feature cells that
+    the previous RoI left in cache; on a (1, 256, 200, 200) map this saves about 10%.
+    """
+    centre_x = (rois[:, 1] + rois[:, 3]) / 2
+    centre_y = (rois[:, 2] + rois[:, 4]) / 2
+    band = np.floor(centre_y / max(np.ptp(centre_y) / 16, 1e-6)) if len(rois) else centre_y
+    return np.lexsort((centre_x, band, rois[:, 0]))
+
+
+def _channel_block(tasks_outside, channels, per_thread=4):
+    """Channels per block, a multiple of 4, for about ``per_thread`` tasks per thread."""
+    blocks = max(1, -(-per_thread * numba.get_num_threads() // max(tasks_outside, 1)))
+    block = max(1, -(-channels // min(blocks, max(channels, 1))))
+    return -(-block // 4) * 4
+
+
+def roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned, reduction):
+    n, c, h, w = features.shape
+    out = np.zeros((len(rois), c, *output_size), features.dtype)
+    if out.size == 0 or h == 0 or w == 0:
+        return out
+    batch, sx, sy, bw, bh, gh, gw = roi_align_geometry(
+        rois, output_size, spatial_scale, sampling_ratio, aligned
+    )
+    _roi_align_forward(
+        np.ascontiguousarray(features),
+        batch,
+        sx,
+        sy,
+        bw,
+        bh,
+        gh,
+        gw,
+        _raster_order(rois),
+        reduction == "max",
+        _channel_block(len(rois), c),
+        out,
+    )
+    return out
+
+
+def roi_align_backward(grad_out, rois, features_shape, spatial_scale, sampling_ratio, aligned):
+    n, c, h, w = features_shape
+    grad = np.zeros(features_shape, grad_out.dtype)
+    if grad_out.size == 0 or grad.size == 0:
+        return grad
+    batch, sx, sy, bw, bh, gh, gw = roi_align_geometry(
+        rois, grad_out.shape[2:], spatial_scale, sampling_ratio, aligned
+    )
+    _roi_align_backward(
+        np.ascontiguousarray(grad_out),
+        batch,
+        sx,
+        sy,
+        bw,
+        bh,
+        gh,
+        gw,
+        _raster_order(rois),
+        _channel_block(1, c),
+        grad,
+    )
+    return grad
+
+
+def roi_pool(features, rois, output_size, spatial_scale):
+    n, c, h, w = features.shape
+    out = np.zeros((len(rois), c, *output_size), features.dtype)
+    argmax = np.full(out.shape, -1, np.int64)
+    if out.size == 0:
+        return out, argmax
+    bins = roi_pool_bins(rois, output_size, spatial_scale, h, w, features.dtype.type)
+    _roi_pool_forward(
+        np.ascontiguousarray(features), rois[:, 0].astype(np.int64), *bins, out, argmax
+    )
+    return out, argmax
+
+
+def roi_pool_backward(grad_out, argmax, rois, features_shape):
+    grad = np.zeros(features_shape, grad_out.dtype)
+    if grad_out.size == 0 or grad.size == 0:
+        return grad
+    _roi_pool_backward(
+        np.ascontiguousarray(grad_out),
+        np.ascontiguousarray(argmax, dtype=np.int64),
+        rois[:, 0].astype(np.int64),
+        grad,
+    )
+    return grad

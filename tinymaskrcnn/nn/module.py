@@ -1,0 +1,327 @@
+"""Module and Parameter: the bookkeeping under every layer (no autograd, explicit backward).
+
+A ``Module`` owns ``Parameter``s (trainable arrays with a ``.grad``), buffers (arrays
+that are state but not trained: batch-norm statistics) and child modules. Names are
+built from attribute names joined by dots, with integer names for the children of a
+``Sequential`` / ``ModuleList`` -- exactly torchvision's ``state_dict`` names, so that
+``layer1.0.conv1.weight`` here is ``layer1.0.conv1.weight`` there.
+
+How forward and backward meet (the one rule every layer follows):
+
+* ``module(x)`` calls ``forward(x)``. In training mode (``train()``, the default) and
+  outside ``no_grad()``, forward pushes what its backward needs onto the module's own
+  stack (``self._save(...)``).
+* ``backward(grad_out)`` pops the most recent entry, returns ``grad_in`` and *adds* to
+  the ``.grad`` of its parameters that require gradients.
+
+So a layer may be called several times before backward -- the RPN head runs once per
+pyramid level -- as long as the backwards come in reverse order of the forwards
+(last in, first out), as the chain rule visits them anyway. In eval mode or under
+``no_grad()`` nothing is kept: inference memory is only the live activations.
+``forget()`` drops anything kept (a forward whose backward never ran).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+import numpy as np
+
+from .. import kernels
+
+_grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "tinymaskrcnn_grad_enabled", default=True
+)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Within this block forwards keep nothing for backward (inference, frozen stages)."""
+    token = _grad_enabled.set(False)
+    try:
+        yield
+    finally:
+        _grad_enabled.reset(token)
+
+
+def grad_enabled() -> bool:
+    """False inside ``no_grad()``."""
+    return _grad_enabled.get()
+
+
+class Parameter:
+    """A trainable array.
+
+    data: ndarray, the value (float32 for models; float64 in gradient checks).
+    grad: ndarray of data's shape, or None before the first backward; backward adds to it.
+    requires_grad: False freezes it: backward leaves ``grad`` alone, SGD skips it.
+    """
+
+    def __init__(self, data, requires_grad: bool = True):
+        self.data = np.asarray(data)
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    def accumulate(self, grad) -> None:
+        """Add ``grad`` (same shape as data) to ``.grad``; a frozen parameter ignores it."""
+        if not self.requires_grad:
+            return
+        if kernels.is_device_array(grad):  # the cuda backend's gradients live on the GPU
+            grad = grad.copy_to_host()
+        if self.grad is None:
+            self.grad = np.array(grad, dtype=self.data.dtype, copy=True)
+        else:
+            self.grad += grad
+
+    def __repr__(self) -> str:
+        frozen = "" if self.requires_grad else ", frozen"
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
+
+
+class Module:
+    """Base class: parameters, buffers, children, train/eval, state_dict, the saved stack."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_saved", [])
+        object.__setattr__(self, "training", True)
+
+    # -- registration: assigning a Parameter or a Module to an attribute registers it --
+    def __setattr__(self, name, value):
+        if "_modules" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__()")
+        if name in self._buffers:  # replacing a buffer's value keeps it a buffer
+            object.__setattr__(self, name, np.asarray(value))
+            return
+        for table in (self._parameters, self._buffers, self._modules):
+            table.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value) -> None:
+        """A state array that is saved and loaded but never trained (e.g. running_mean)."""
+        object.__setattr__(self, name, np.asarray(value))
+        self._buffers[name] = True
+
+    # -- calling --
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} has no forward")
+
+    def backward(self, grad_out):
+        raise NotImplementedError(f"{type(self).__name__} has no backward")
+
+    def _keeps(self) -> bool:
+        return self.training and grad_enabled()
+
+    def _save(self, *items) -> None:
+        """Push what backward needs (only in training mode, outside no_grad)."""
+        if self._keeps():
+            self._saved.append(items)
+
+    def _pop(self):
+        """Pop what the matching forward kept; a clear error when there is none."""
+        if not self._saved:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward has no forward to match: forward must run "
+                "in training mode (module.train()) outside no_grad(), once per backward"
+            )
+        items = self._saved.pop()
+        return items[0] if len(items) == 1 else items
+
+    def forget(self) -> None:
+        """Drop everything kept for backward, in this module and all below it."""
+        for module in self.modules():
+            module._saved.clear()
+
+    # -- modes --
+    def train(self, mode: bool = True) -> Module:
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def requires_grad_(self, flag: bool = True) -> Module:
+        """Freeze (False) or unfreeze (True) every parameter of this module and below."""
+        for p in self.parameters():
+            p.requires_grad = bool(flag)
+        return self
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def astype(self, dtype) -> Module:
+        """Cast every parameter and floating buffer (float64 for gradient checks)."""
+        for module in self.modules():
+            for p in module._parameters.values():
+                p.data = p.data.astype(dtype)
+                p.grad = None
+            for name in module._buffers:
+                value = getattr(module, name)
+                if np.issubdtype(value.dtype, np.floating):
+                    object.__setattr__(module, name, value.astype(dtype))
+        return self
+
+    # -- traversal, in registration order (torchvision's order) --
+    def children(self) -> Iterator[Module]:
+        yield from self._modules.values()
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, module in self.named_modules():
+            yield module
+
+    def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
+        for path, module in self.named_modules(prefix):
+            for name, p in module._parameters.items():
+                yield (f"{path}.{name}" if path else name), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self, prefix: str = "") -> Iterator[tuple[str, np.ndarray]]:
+        for path, module in self.named_modules(prefix):
+            for name in module._buffers:
+                yield (f"{path}.{name}" if path else name), getattr(module, name)
+
+    # -- state --
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """name -> array for every parameter and buffer (torchvision's names; copies)."""
+        state = {}
+        for path, module in self.named_modules():
+            for name, p in module._parameters.items():
+                state[f"{path}.{name}" if path else name] = p.data.copy()
+            for name in module._buffers:
+                state[f"{path}.{name}" if path else name] = getattr(module, name).copy()
+        return state
+
+    def _upgrade_state_dict(self, state: dict, prefix: str) -> None:
+        """Rename keys of older checkpoint generations in place (override where needed)."""
+
+    def load_state_dict(self, state, strict: bool = True) -> dict[str, list[str]]:
+        """Copy arrays from ``state`` (name -> array) into parameters and buffers.
+
+        Values keep this module's dtype. Raises ValueError listing every missing,
+        unexpected (when ``strict``) and mis-shaped name. Returns the lists
+        ``{"missing": [...], "unexpected": [...]}`` (empty when strict succeeded).
+        """
+        state = {str(k): v for k, v in dict(state).items()}
+        for path, module in self.named_modules():
+            module._upgrade_state_dict(state, f"{path}." if path else "")
+        targets = {}
+        for path, module in self.named_modules():
+            for name in list(module._parameters) + list(module._buffers):
+                targets[f"{path}.{name}" if path else name] = (module, name)
+        missing = sorted(set(targets) - set(state))
+        unexpected = sorted(set(state) - set(targets))
+        misshaped = []
+        for key in sorted(set(targets) & set(state)):
+            module, name = targets[key]
+            have = _current(module, name).shape
+            got = np.shape(state[key])
+            if tuple(have) != tuple(got):
+                misshaped.append(f"{key}: expected {tuple(have)}, got {tuple(got)}")
+        problems = []
+        if misshaped:
+            problems.append("mis-shaped: " + "; ".join(misshaped))
+        if strict and missing:
+            problems.append("missing: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected: " + ", ".join(unexpected))
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__}: " + " | ".join(problems))
+        for key in sorted(set(targets) & set(state)):
+            module, name = targets[key]
+            current = _current(module, name)
+            value = np.array(state[key], dtype=current.dtype, copy=True)
+            if name in module._parameters:
+                module._parameters[name].data = value
+            else:
+                object.__setattr__(module, name, value)
+        return {"missing": missing, "unexpected": unexpected}
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, child in self._modules.items():
+            child_lines = repr(child).split("\n")
+            lines.append(f"  ({name}): " + "\n  ".join(child_lines))
+        return lines[0] + ")" if len(lines) == 1 else "\n".join(lines) + "\n)"
+
+
+def _current(module: Module, name: str) -> np.ndarray:
+    if name in module._parameters:
+        return module._parameters[name].data
+    return getattr(module, name)
+
+
+class Sequential(Module):
+    """Children named "0", "1", ...; forward chains them, backward runs them in reverse."""
+
+    def __init__(self, *modules: Module):
+        super().__init__()
+        for i, module in enumerate(modules):
+            setattr(self, str(i), module)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for module in self._modules.values():
+            x = module(x)
+        return x
+
+    def backward(self, grad_out):
+        for module in reversed(self._modules.values()):
+            grad_out = module.backward(grad_out)
+        return grad_out
+
+
+class ModuleList(Module):
+    """A list of children named "0", "1", ... (no forward of its own)."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for module in modules:
+            self.append(module)
+
+    def append(self, module: Module) -> None:
+        setattr(self, str(len(self._modules)), module)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, i: int) -> Module:
+        return list(self._modules.values())[i]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())

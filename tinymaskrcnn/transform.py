@@ -1,0 +1,271 @@
+"""Images in, a padded batch out; detections back in the original images' pixels.
+
+The first and last step of the model (torchvision's GeneralizedRCNNTransform, design §5):
+
+1. check every image and target, naming the image and the field that is wrong;
+2. normalise with the ImageNet mean and std (the backbone was trained on those);
+3. resize so the short side is ``min_size`` unless the long side would pass
+   ``max_size`` — bilinear with half-pixel centres for images, nearest for masks,
+   boxes scaled by the same ratios;
+4. pad the batch with zeros at the bottom and right to a multiple of 32, so that every
+   stride of the feature pyramid divides it.
+
+After the heads, ``postprocess`` scales boxes back to each original image and pastes
+the 28x28 masks into it.
+
+Shapes used below:
+    N: images        H, W: one image's height and width (original frame)
+    h, w: after resizing (resized frame)      Hp, Wp: padded batch size
+    G: ground-truth objects of one image      D: detections of one image
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# --- checks ---------------------------------------------------------------------------
+
+
+def check_images(images) -> list[np.ndarray]:
+    """Each image must be a finite (3, H, W) float array; returns them as a list."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        images = list(images)
+    if not isinstance(images, (list, tuple)) or len(images) == 0:
+        what = "an empty list" if isinstance(images, (list, tuple)) else type(images).__name__
+        raise ValueError(f"images must be a non-empty list of (3, H, W) float arrays; got {what}")
+    out = []
+    for i, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+            raise ValueError(f"images[{i}] must be (3, H, W) RGB; got shape {image.shape}")
+        if not np.issubdtype(image.dtype, np.floating):
+            raise ValueError(f"images[{i}] must be float (RGB in [0, 1]); got dtype {image.dtype}")
+        if not np.all(np.isfinite(image)):
+            raise ValueError(f"images[{i}] holds NaN or infinite values")
+        out.append(image)
+    return out
+
+
+def check_targets(targets, image_sizes, num_classes: int) -> list[dict]:
+    """Validate training targets against their images (original frame).
+
+    targets: list of dicts, one per image, with
+        boxes  (G, 4) float x1y1x2y2 in the image's pixels, inside [0, W] x [0, H],
+               positive width and height;
+        labels (G,) int in [1, num_classes);
+        masks  (G, H, W) uint8 (or bool) in {0, 1}, optional for checks but required by
+               the mask head.
+    image_sizes: list of (H, W). G = 0 is allowed: the image trains as background.
+    Returns a list of dicts with boxes float32, labels int64, masks uint8.
+    """
+    if not isinstance(targets, (list, tuple)) or len(targets) != len(image_sizes):
+        given = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
+        raise ValueError(
+            f"targets must be a list with one dict per image ({len(image_sizes)}); got {given}"
+        )
+    out = []
+    for i, (target, (height, width)) in enumerate(zip(targets, image_sizes, strict=True)):
+        where = f"targets[{i}]"
+        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
+            raise ValueError(f"{where} must be a dict with 'boxes', 'labels' and 'masks'")
+        boxes = np.asarray(target["boxes"], dtype=np.float32)
+        if boxes.size == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(
+                f"{where}['boxes'] must be (G, 4) x1y1x2y2; got shape {np.shape(target['boxes'])}"
+            )
+        g = len(boxes)
+        labels = np.asarray(target["labels"])
+        if labels.shape != (g,) or (g and not np.issubdtype(labels.dtype, np.integer)):
+            raise ValueError(
+                f"{where}['labels'] must be ({g},) integers; got shape {labels.shape}, "
+                f"dtype {labels.dtype}"
+            )
+        if not np.all(np.isfinite(boxes)):
+            raise ValueError(f"{where}['boxes'] holds NaN or infinite coordinates")
+        bad = np.flatnonzero((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+        if bad.size:
+            raise ValueError(
+                f"{where}['boxes'][{bad[0]}] = {boxes[bad[0]].tolist()} has zero or negative "
+                f"width or height; every box needs x2 > x1 and y2 > y1"
+            )
+        outside = np.flatnonzero(
+            (boxes[:, 0] < 0) | (boxes[:, 1] < 0) | (boxes[:, 2] > width) | (boxes[:, 3] > height)
+        )
+        if outside.size:
+            raise ValueError(
+                f"{where}['boxes'][{outside[0]}] = {boxes[outside[0]].tolist()} lies outside "
+                f"the image [0, {width}] x [0, {height}] (x, y)"
+            )
+        if g and (labels.min() < 1 or labels.max() >= num_classes):
+            raise ValueError(
+                f"{where}['labels'] must be in [1, {num_classes - 1}] (0 is background, "
+                f"num_classes={num_classes}); got values in [{labels.min()}, {labels.max()}]"
+            )
+        clean = {"boxes": boxes, "labels": labels.astype(np.int64)}
+        if "masks" in target:
+            masks = np.asarray(target["masks"])
+            if masks.shape != (g, height, width):
+                raise ValueError(
+                    f"{where}['masks'] must be ({g}, {height}, {width}), one full-image mask "
+                    f"per box; got shape {masks.shape}"
+                )
+            clean["masks"] = masks.astype(np.uint8)
+        out.append(clean)
+    return out
+
+
+# --- normalise and resize -------------------------------------------------------------
+
+
+def normalize(image, mean, std) -> np.ndarray:
+    """(image - mean) / std per channel; image (3, H, W) float, mean and std 3 numbers."""
+    mean = np.asarray(mean, dtype=image.dtype)[:, None, None]
+    std = np.asarray(std, dtype=image.dtype)[:, None, None]
+    return (image - mean) / std
+
+
+def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float:
+    """The factor that brings the short side to min_size, unless the long side passes max_size."""
+    return min(min_size / min(height, width), max_size / max(height, width))
+
+
+def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """(h, w) = floor(size * scale), as torch's interpolate with recompute_scale_factor."""
+    scale = resize_scale(height, width, min_size, max_size)
+    return math.floor(height * scale), math.floor(width * scale)
+
+
+def _linear_taps(in_size: int, out_size: int, dtype):
+    # Half-pixel centres (align_corners=False): output pixel o looks at input
+    # coordinate (o + 0.5) * in/out - 0.5, clamped at 0; the right tap stops at the
+    # last pixel. torch computes the scale from the integer sizes (recompute_scale_factor)
+    # and in the image's precision; so do we, so that weights agree to the last bit.
+    scale = dtype(in_size) / dtype(out_size)
+    src = (np.arange(out_size, dtype=dtype) + dtype(0.5)) * scale - dtype(0.5)
+    src = np.maximum(src, dtype(0))
+    low = np.minimum(src.astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    frac = np.clip(src - low.astype(dtype), 0, 1).astype(dtype)
+    return low, high, frac
+
+
+def resize_bilinear(image, size) -> np.ndarray:
+    """Bilinear resize of (C, H, W) to (C, h, w) with half-pixel centres, no antialiasing.
+
+    Equals ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+    """
+    out_h, out_w = size
+    dtype = image.dtype.type if image.dtype == np.float64 else np.float32
+    y0, y1, fy = _linear_taps(image.shape[1], out_h, dtype)
+    x0, x1, fx = _linear_taps(image.shape[2], out_w, dtype)
+    fy = fy[:, None]
+    fx = fx[None, :]
+    rows = image[:, y0] * (1 - fy) + image[:, y1] * fy
+    return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
+
+
+def resize_nearest(masks, size) -> np.ndarray:
+    """Nearest resize of (G, H, W) to (G, h, w): output o reads floor(o * in / out).
+
+    torch computes in/out in float32 for the masks it resizes; so do we, so that
+    borders land on the same pixel.
+    """
+    out_h, out_w = size
+    in_h, in_w = masks.shape[1:]
+
+    def index(in_size, out_size):
+        scale = np.float32(in_size) / np.float32(out_size)
+        src = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int64)
+        return np.minimum(src, in_size - 1)
+
+    return masks[:, index(in_h, out_h)][:, :, index(in_w, out_w)]
+
+
+def resize_boxes(boxes, original_size, new_size) -> np.ndarray:
+    """Scale (G, 4) x1y1x2y2 boxes from an (H, W) frame to an (h, w) frame (float32)."""
+    ratio_h = np.float32(new_size[0]) / np.float32(original_size[0])
+    ratio_w = np.float32(new_size[1]) / np.float32(original_size[1])
+    return (np.asarray(boxes, np.float32) * np.array([ratio_w, ratio_h, ratio_w, ratio_h])).astype(
+        np.float32
+    )
+
+
+def batch_images(images, size_divisible: int = 32) -> np.ndarray:
+    """Zero-pad (3, h_i, w_i) images at the bottom and right into one (N, 3, Hp, Wp) batch.
+
+    Hp, Wp: the largest h and w rounded up to a multiple of size_divisible.
+    """
+    height = max(im.shape[1] for im in images)
+    width = max(im.shape[2] for im in images)
+    height = int(math.ceil(height / size_divisible) * size_divisible)
+    width = int(math.ceil(width / size_divisible) * size_divisible)
+    batch = np.zeros((len(images), 3, height, width), dtype=images[0].dtype)
+    for i, image in enumerate(images):
+        batch[i, :, : image.shape[1], : image.shape[2]] = image
+    return batch
+
+
+# --- the whole transform --------------------------------------------------------------
+
+
+class Transform:
+    """Normalise, resize, batch (and the way back), configured by a MaskRCNNConfig.
+
+    ``transform(images, targets=None)`` returns ``(batch, image_sizes, targets)``:
+        batch: (N, 3, Hp, Wp) in the images' dtype, normalised, padded with zeros.
+        image_sizes: list of (h, w), each image's size after resizing (before padding);
+            proposals and detections are clipped to it.
+        targets: None, or the checked targets in the resized frame: boxes (G, 4)
+            float32, labels (G,) int64, masks (G, h, w) uint8.
+    """
+
+    def __init__(self, cfg):
+        self.min_size = cfg.min_size
+        self.max_size = cfg.max_size
+        self.image_mean = cfg.image_mean
+        self.image_std = cfg.image_std
+        self.size_divisible = cfg.size_divisible
+        self.num_classes = cfg.num_classes
+
+    def __call__(self, images, targets=None):
+        images = check_images(images)
+        original_sizes = [im.shape[1:] for im in images]
+        if targets is not None:
+            targets = check_targets(targets, original_sizes, self.num_classes)
+        resized, image_sizes, new_targets = [], [], []
+        for i, image in enumerate(images):
+            size = resized_size(*image.shape[1:], self.min_size, self.max_size)
+            image = normalize(image, self.image_mean, self.image_std)
+            resized.append(resize_bilinear(image, size))
+            image_sizes.append(size)
+            if targets is not None:
+                target = dict(targets[i])
+                target["boxes"] = resize_boxes(target["boxes"], original_sizes[i], size)
+                if "masks" in target:
+                    target["masks"] = resize_nearest(target["masks"], size)
+                new_targets.append(target)
+        batch = batch_images(resized, self.size_divisible)
+        return batch, image_sizes, (new_targets if targets is not None else None)
+
+    def postprocess(self, detections, image_sizes, original_sizes):
+        """Bring each image's detections from the resized frame to its original frame.
+
+        detections: list of dicts with boxes (D, 4) in the resized frame and, optionally,
+            masks (D, 1, M, M) float mask probabilities of each box.
+        Returns the dicts with boxes scaled to (H, W) and masks pasted into
+        (D, 1, H, W) full-image float32 probabilities.
+        """
+        from .masks import paste_masks_in_image  # masks.py builds on this module's resize
+
+        out = []
+        for det, size, original in zip(detections, image_sizes, original_sizes, strict=True):
+            det = dict(det)
+            det["boxes"] = resize_boxes(det["boxes"], size, original)
+            if "masks" in det:
+                det["masks"] = paste_masks_in_image(det["masks"], det["boxes"], original)
+            out.append(det)
+        return out

@@ -1,0 +1,254 @@
+"""Checkpoints: safetensors files with the config inside, and torchvision's names.
+
+A checkpoint is a safetensors file (no pickle: loading one cannot run code) holding
+every parameter and buffer under torchvision's ``state_dict`` names, plus metadata:
+``config`` (the MaskRCNNConfig as JSON) and ``format`` (this module's version).
+Files are written to a temporary file in the same folder and renamed, so a crash
+never leaves a half-written checkpoint under the real name.
+
+torchvision renamed some keys when it moved to ``Conv2dNormActivation`` blocks; both
+generations load here, and ``state_dict`` always uses the new one:
+
+    backbone.fpn.inner_blocks.0.weight    <->  backbone.fpn.inner_blocks.0.0.weight
+    backbone.fpn.layer_blocks.0.weight    <->  backbone.fpn.layer_blocks.0.0.weight
+    rpn.head.conv.weight                  <->  rpn.head.conv.0.0.weight
+    roi_heads.mask_head.mask_fcn1.weight  <->  roi_heads.mask_head.0.0.weight
+
+``convert_torchvision(in.pth, out.safetensors)`` turns a torchvision ``.pth`` file into
+a checkpoint (it needs torch, which the rest of the package never imports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+
+import numpy as np
+
+FORMAT = "tinymaskrcnn-1"
+
+# (old generation, new generation) key patterns; \1, \2 carry the index and suffix.
+_KEY_GENERATIONS = [
+    (r"^(.*fpn\.inner_blocks\.\d+)\.(weight|bias)$", r"\1.0.\2"),
+    (r"^(.*fpn\.layer_blocks\.\d+)\.(weight|bias)$", r"\1.0.\2"),
+    (r"^(.*rpn\.head\.conv)\.(weight|bias)$", r"\1.0.0.\2"),
+]
+_OLD_MASK_KEY = re.compile(r"^(.*mask_head)\.mask_fcn(\d+)\.(weight|bias)$")
+_NEW_MASK_KEY = re.compile(r"^(.*mask_head)\.(\d+)\.0\.(weight|bias)$")
+_NEW_TO_OLD = [
+    (r"^(.*fpn\.inner_blocks\.\d+)\.0\.(weight|bias)$", r"\1.\2"),
+    (r"^(.*fpn\.layer_blocks\.\d+)\.0\.(weight|bias)$", r"\1.\2"),
+    (r"^(.*rpn\.head\.conv)\.0\.0\.(weight|bias)$", r"\1.\2"),
+]
+
+
+def new_key(name: str) -> str:
+    """A key of either torchvision generation, in the current generation's spelling."""
+    for pattern, replacement in _KEY_GENERATIONS:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name)
+    m = _OLD_MASK_KEY.match(name)
+    if m:
+        return f"{m.group(1)}.{int(m.group(2)) - 1}.0.{m.group(3)}"
+    return name
+
+
+def old_key(name: str) -> str:
+    """A current-generation key in the older generation's spelling (torchvision <= 0.12)."""
+    for pattern, replacement in _NEW_TO_OLD:
+        if re.match(pattern, name):
+            return re.sub(pattern, replacement, name)
+    m = _NEW_MASK_KEY.match(name)
+    if m:
+        return f"{m.group(1)}.mask_fcn{int(m.group(2)) + 1}.{m.group(3)}"
+    return name
+
+
+def upgrade_state_dict(state: dict) -> dict:
+    """Rename old-generation keys to the current generation's names.
+
+    state: name -> array. Returns a new dict in the current generation's names.
+    Raises ValueError when two keys map to the same name (a file mixing generations).
+    """
+    out = {}
+    for name, value in state.items():
+        key = new_key(name)
+        if key in out:
+            raise ValueError(f"state_dict holds both {name!r} and another spelling of {key!r}")
+        out[key] = value
+    return out
+
+
+def drop_unused_counters(state: dict, expected) -> dict:
+    """Drop BatchNorm ``num_batches_tracked`` counters that ``expected`` has no place for.
+
+    torchvision's BatchNorm2d saves one; a model with frozen batch norm has none, and a
+    step counter is bookkeeping, not a weight.
+    """
+    return {
+        k: v for k, v in state.items() if not k.endswith("num_batches_tracked") or k in expected
+    }
+
+
+def compare_state_dicts(expected: dict, given: dict) -> dict[str, list[str]]:
+    """Which names are missing, unexpected or mis-shaped.
+
+    expected, given: name -> array (or anything with .shape). Returns a dict with the
+    lists ``missing``, ``unexpected`` and ``misshaped`` ("name: expected (..), got (..)").
+    """
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    misshaped = [
+        f"{k}: expected {tuple(np.shape(expected[k]))}, got {tuple(np.shape(given[k]))}"
+        for k in sorted(set(expected) & set(given))
+        if tuple(np.shape(expected[k])) != tuple(np.shape(given[k]))
+    ]
+    return {"missing": missing, "unexpected": unexpected, "misshaped": misshaped}
+
+
+def describe_differences(diff: dict[str, list[str]], limit: int = 8) -> str:
+    """One line per non-empty list of ``compare_state_dicts``, at most ``limit`` names each."""
+    lines = []
+    for kind in ("missing", "unexpected", "misshaped"):
+        names = diff.get(kind, [])
+        if names:
+            more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
+            lines.append(f"{kind} ({len(names)}): {', '.join(names[:limit])}{more}")
+    return "; ".join(lines)
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def save_checkpoint(path, state: dict, config=None, metadata: dict | None = None) -> str:
+    """Write ``state`` (name -> ndarray) and the config to a safetensors file, atomically.
+
+    config: a MaskRCNNConfig (stored as JSON under the metadata key "config") or None.
+    metadata: extra str -> str entries (e.g. training step). Returns the path.
+    """
+    from safetensors.numpy import save
+
+    meta = {"format": FORMAT}
+    if config is not None:
+        meta["config"] = config.to_json()
+    for key, value in (metadata or {}).items():
+        meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    tensors = {}
+    for name, value in state.items():
+        array = np.asarray(value)
+        if array.dtype == object or not (
+            np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_
+        ):
+            raise ValueError(f"state[{name!r}] must be a numeric array; got dtype {array.dtype}")
+        # np.ascontiguousarray would turn a 0-d counter into shape (1,)
+        tensors[name] = np.array(array, order="C", copy=True)
+    data = save(tensors, metadata=meta)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path):
+    """Read a checkpoint: (state dict in current key names, MaskRCNNConfig or None, metadata).
+
+    Raises FileNotFoundError for a missing file and ValueError for a file that is
+    truncated, corrupted or not a safetensors file, naming the path.
+    """
+    from safetensors.numpy import load
+
+    from .config import MaskRCNNConfig
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        state = load(data)
+        metadata = _read_metadata(data)
+    except Exception as err:  # safetensors raises its own error types for bad bytes
+        raise ValueError(
+            f"checkpoint {path!r} is truncated, corrupted or not a safetensors file "
+            f"({len(data)} bytes): {err}"
+        ) from None
+    config = None
+    if "config" in metadata:
+        try:
+            config = MaskRCNNConfig.from_json(metadata["config"])
+        except ValueError as err:
+            raise ValueError(f"checkpoint {path!r} holds an invalid config: {err}") from None
+    return upgrade_state_dict(state), config, metadata
+
+
+def _read_metadata(data: bytes) -> dict:
+    # The safetensors header: 8-byte little-endian length, then JSON with "__metadata__".
+    if len(data) < 8:
+        raise ValueError("shorter than the 8-byte header length")
+    n = int.from_bytes(data[:8], "little")
+    if 8 + n > len(data):
+        raise ValueError(f"header of {n} bytes runs past the end of the file")
+    header = json.loads(data[8 : 8 + n])
+    return dict(header.get("__metadata__", {}) or {})
+
+
+def load_into(model, path, strict: bool = True):
+    """Load a checkpoint's weights into ``model`` (an nn.Module); returns the config.
+
+    The names and shapes are compared first, and a ValueError lists the ones that
+    differ (missing, unexpected, mis-shaped).
+    """
+    state, config, _ = load_checkpoint(path)
+    expected = model.state_dict()
+    state = drop_unused_counters(state, expected)
+    diff = compare_state_dicts(expected, state)
+    if diff["misshaped"] or (strict and (diff["missing"] or diff["unexpected"])):
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} does not fit this model: {describe_differences(diff)}"
+        )
+    model.load_state_dict(state, strict=strict)
+    return config
+
+
+# --- torchvision .pth files ------------------------------------------------------------------
+
+
+def convert_torchvision(in_path, out_path, config=None) -> str:
+    """Convert a torchvision Mask R-CNN ``.pth`` (a state_dict) into a checkpoint.
+
+    Needs torch (``pip install torch``); only this function imports it. Keys of
+    either generation are accepted and written in the current one.
+    config: the MaskRCNNConfig stored with it; by default torchvision's ResNet-50-FPN
+    preset with num_classes read from the classifier's shape.
+    """
+    try:
+        import torch
+    except ImportError as err:
+        raise RuntimeError(
+            "convert-torchvision needs torch to read .pth files: pip install torch"
+        ) from err
+    from .config import MaskRCNNConfig
+
+    raw = torch.load(os.fspath(in_path), map_location="cpu", weights_only=True)
+    if isinstance(raw, dict) and "model" in raw and isinstance(raw["model"], dict):
+        raw = raw["model"]  # training checkpoints of torchvision's reference scripts
+    if not isinstance(raw, dict):
+        raise ValueError(f"{os.fspath(in_path)!r} does not hold a state_dict")
+    state = upgrade_state_dict({k: v.detach().cpu().numpy() for k, v in raw.items()})
+    if config is None:
+        cls = state.get("roi_heads.box_predictor.cls_score.weight")
+        num_classes = 91 if cls is None else int(cls.shape[0])
+        config = MaskRCNNConfig.torchvision_resnet50_fpn(num_classes=num_classes)
+    return save_checkpoint(out_path, state, config, {"source": os.path.basename(in_path)})

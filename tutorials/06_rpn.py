@@ -1,0 +1,206 @@
+"""Tutorial 06 — the Region Proposal Network: from anchors to a few hundred proposals.
+
+The RPN (Faster R-CNN §3.1) is a small convolutional head that slides over every level
+of the feature pyramid. At each location it looks at the A = 3 anchors there and
+predicts, for each, one *objectness* logit ("is there an object in this anchor?") and
+four deltas that would move the anchor onto that object.
+
+Training needs labels for the anchors: an anchor whose IoU with some ground-truth box is
+at least 0.7 is positive, below 0.3 negative, in between ignored; so that no object is
+left without a positive, each object's best anchor is positive whatever its IoU. A
+minibatch of 256 anchors, at most half positive, is scored with binary cross-entropy;
+the positives' deltas with smooth L1.
+
+At inference (and in training, to feed the RoI heads) the RPN proposes boxes: per level
+the top-scoring anchors are decoded, clipped to the image, tiny boxes dropped, and NMS
+at IoU 0.7 removes near-duplicates level by level; the best N over all levels remain.
+
+1. Objectness on every level P2..P6 for one shapes image.
+2. The anchors' labels: positive, negative, ignored, and the sampled minibatch.
+3. The top proposals before and after NMS.
+
+The model: the small shapes model shipped with the package when it is there; otherwise
+a fresh one whose backbone and RPN are fitted to this one image for a few dozen steps
+(RPN losses only, some 10-30 s on a CPU) so that the maps show something.
+
+Run: ``python tutorials/06_rpn.py`` (figures go to ``figures/``).
+"""
+
+import pathlib
+import time
+
+import numpy as np
+
+from tinymaskrcnn import nn, viz
+from tinymaskrcnn.boxes import BoxCoder, batched_nms, clip_boxes, remove_small_boxes
+from tinymaskrcnn.config import MaskRCNNConfig
+from tinymaskrcnn.data.shapes import ShapesDataset
+from tinymaskrcnn.matching import BalancedPositiveNegativeSampler, Matcher
+from tinymaskrcnn.model import MaskRCNN
+from tinymaskrcnn.rpn import MIN_PROPOSAL_SIZE, anchor_targets, top_n_per_level
+
+FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+TRAIN_STEPS = 60
+
+
+def get_model(image, target):
+    try:
+        model = MaskRCNN.from_pretrained("shapes")
+        print("   using the pretrained shapes model")
+        return model
+    except FileNotFoundError:
+        pass
+    print(
+        f"   no pretrained shapes model: fitting backbone + RPN to this image, {TRAIN_STEPS} steps"
+    )
+    # A minibatch of 32 anchors rather than 256: this image has only two positive
+    # anchors, which would otherwise weigh 2/256 of the loss and learn slowly.
+    model = MaskRCNN(
+        MaskRCNNConfig.shapes(rpn_batch_size_per_image=32), rng=np.random.default_rng(0)
+    )
+    params = [(n, p) for n, p in model.named_parameters() if n.startswith(("backbone", "rpn"))]
+    opt = nn.SGD(params, lr=0.02, momentum=0.9, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for step in range(TRAIN_STEPS):
+        batch, sizes, targets = model.transform([image], [target])
+        _, losses = model.rpn(model.backbone(batch), sizes, batch.shape[2:], targets, rng=rng)
+        model.zero_grad()
+        model.backbone.backward(model.rpn.backward())
+        opt.step()
+        if step % 20 == 0 or step == TRAIN_STEPS - 1:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in losses.items())
+            print(f"   step {step:2d}: {shown}")
+    print(f"   ({time.perf_counter() - start:.1f} s)")
+    return model
+
+
+def run_rpn(model, image):
+    """The RPN's raw outputs for one image: anchors, logits, deltas, sizes."""
+    model.eval()
+    if model.cfg.norm_layer == "batch_norm":
+        # A few dozen steps are too few for batch norm's running averages to settle:
+        # normalise with this image's own statistics, as during those steps.
+        for module in model.backbone.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.train()
+    batch, sizes, _ = model.transform([image])
+    with nn.no_grad():
+        features = model.backbone(batch)
+    model.rpn(features, sizes, batch.shape[2:])
+    last = model.rpn.last
+    # deltas are not kept by the RPN: recompute them from the head
+    from tinymaskrcnn.rpn import flatten_predictions
+
+    objectness, deltas = flatten_predictions(*model.rpn.head(features))
+    shapes = [f.shape[2:] for f in features]
+    return batch, sizes[0], last["anchors"], objectness[0], deltas[0], last["num_per_level"], shapes
+
+
+def step1_objectness(image, anchors_per_level, objectness, shapes, padded):
+    print("1. Objectness per level (max over the 3 anchors of a location):")
+    maps, strides, start = [], [], 0
+    for level, ((h, w), count) in enumerate(zip(shapes, anchors_per_level, strict=True), start=2):
+        logits = objectness[start : start + count].reshape(h, w, -1)
+        prob = 1 / (1 + np.exp(-np.clip(logits.max(axis=2), -50, 50)))
+        start += count
+        stride = padded[0] // h
+        # the map covers the padded batch; show the part over the image
+        crop = prob[
+            : int(np.ceil(image.shape[1] / stride)), : int(np.ceil(image.shape[2] / stride))
+        ]
+        maps.append(crop)
+        strides.append(stride)
+        print(
+            f"   P{level}: {h}x{w} locations x 3 anchors = {count:5d}; "
+            f"max objectness {prob.max():.3f}, {np.sum(prob > 0.5)} locations above 0.5"
+        )
+    fig = viz.plot_objectness_levels(image, maps, strides)
+    print(f"   -> {viz.save(fig, FIGURES / '06_objectness.png')}")
+
+
+def step2_anchor_labels(image, target, anchors, num_per_level, cfg):
+    print("2. Anchor labels (IoU >= 0.7 positive, < 0.3 negative, else ignored):")
+    matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh, allow_low_quality_matches=True)
+    labels, _ = anchor_targets(anchors, target["boxes"], matcher)
+    level = np.repeat(np.arange(len(num_per_level)), num_per_level)
+    for lv in range(len(num_per_level)):
+        counts = [np.sum((labels == v) & (level == lv)) for v in (1, 0, -1)]
+        pos_, neg_, ign_ = counts
+        print(f"   P{lv + 2}: {pos_:3d} positive, {neg_:5d} negative, {ign_:4d} ignored")
+    sampler = BalancedPositiveNegativeSampler(
+        cfg.rpn_batch_size_per_image, cfg.rpn_positive_fraction
+    )
+    pos, neg = sampler(labels, np.random.default_rng(0))
+    print(
+        f"   minibatch of {cfg.rpn_batch_size_per_image}: {pos.sum()} positive "
+        f"(at most {int(cfg.rpn_batch_size_per_image * cfg.rpn_positive_fraction)}), "
+        f"{neg.sum()} negative"
+    )
+    rng = np.random.default_rng(1)
+    ignored = np.flatnonzero(labels == -1)
+    shown_ignored = anchors[rng.choice(ignored, min(40, ignored.size), replace=False)]
+    shown_neg = anchors[rng.choice(np.flatnonzero(neg), min(40, neg.sum()), replace=False)]
+    fig = viz.plot_rpn_anchor_labels(
+        image,
+        target["boxes"],
+        anchors[pos],
+        shown_neg,
+        shown_ignored,
+        f"RPN minibatch: all {pos.sum()} positives, {len(shown_neg)} of {neg.sum()} sampled "
+        f"negatives,\n{len(shown_ignored)} of {ignored.size} ignored anchors",
+    )
+    print(f"   -> {viz.save(fig, FIGURES / '06_anchor_labels.png')}")
+
+
+def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg):
+    print("3. Proposals: top-n per level, decode, clip, drop tiny boxes, NMS per level:")
+    idx = top_n_per_level(objectness, num_per_level, cfg.rpn_pre_nms_top_n_test)
+    level = np.repeat(np.arange(len(num_per_level)), num_per_level)[idx]
+    boxes = clip_boxes(BoxCoder().decode(deltas[idx], anchors[idx]), size)
+    scores = 1 / (1 + np.exp(-objectness[idx]))
+    keep = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
+    boxes, scores, level = boxes[keep], scores[keep], level[keep]
+    order = np.argsort(-scores, kind="stable")
+    survivors = batched_nms(boxes, scores, level, cfg.rpn_nms_thresh)
+    kept = survivors[: cfg.rpn_post_nms_top_n_test]
+    print(
+        f"   {len(anchors)} anchors -> {len(idx)} after top-{cfg.rpn_pre_nms_top_n_test} per "
+        f"level -> {len(boxes)} after clipping and size filter -> {len(survivors)} after NMS "
+        f"-> {len(kept)} proposals (top {cfg.rpn_post_nms_top_n_test})"
+    )
+    n = 12
+    print(f"   top {n} scores: {', '.join(f'{v:.3f}' for v in scores[order[:n]])}")
+    print(
+        f"   NMS removed {len(boxes) - len(survivors)} boxes, each overlapping a better one of "
+        f"its level by IoU > {cfg.rpn_nms_thresh} (dotted in the figure; here mostly boxes at the "
+        "border, which clipping squeezed onto each other)"
+    )
+    fig = viz.plot_proposals_nms(
+        image,
+        boxes[order[:n]],
+        level[order[:n]],
+        boxes[kept[:n]],
+        level[kept[:n]],
+        target["boxes"],
+        cfg.rpn_nms_thresh,
+        suppressed=boxes[np.setdiff1d(np.arange(len(boxes)), survivors)],
+    )
+    print(f"   -> {viz.save(fig, FIGURES / '06_proposals_nms.png')}")
+
+
+def main():
+    dataset = ShapesDataset(64, image_size=128, seed=6)
+    image, target = dataset[0]
+    print(f"Image 0 of the shapes dataset: {len(target['boxes'])} objects")
+    model = get_model(image, target)
+    cfg = MaskRCNNConfig.shapes()
+    batch, size, anchors, objectness, deltas, num_per_level, shapes = run_rpn(model, image)
+    step1_objectness(image, num_per_level, objectness, shapes, batch.shape[2:])
+    # the image is not resized (128 -> 128), so the targets are in the anchors' frame
+    step2_anchor_labels(image, target, anchors, num_per_level, cfg)
+    step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg)
+
+
+if __name__ == "__main__":
+    main()
