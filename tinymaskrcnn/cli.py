@@ -284,7 +284,7 @@ def _add_train(commands):
         default=None,
         type=pathlib.Path,
         metavar="DIR",
-        help="image folder of --coco (default: the json's folder)",
+        help="image folder of --coco (default: images/ beside the json)",
     )
     p.add_argument(
         "--checkpoint-every",
@@ -514,7 +514,7 @@ def _add_evaluate(commands):
         default=None,
         type=pathlib.Path,
         metavar="DIR",
-        help="image folder of --coco (default: the json's folder)",
+        help="image folder of --coco (default: images/ beside the json)",
     )
     p.add_argument(
         "--num-images", default=200, type=int, help="shapes images to draw (default: 200)"
