@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 from backbone_parity import assert_close_relative, fixture, torchvision_case
-from gradcheck_nn import check_module_gradients
+from gradcheck import check_module_gradients
 
 from tinymaskrcnn import nn
 from tinymaskrcnn.backbone import BasicBlock, Bottleneck, ResNet

@@ -4,27 +4,13 @@ import pathlib
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+from gradcheck import numerical_grad
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tinymaskrcnn import losses as L
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "losses.npz"
-
-
-def numerical_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f at every element of the float64 array x."""
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + eps
-        up = f(x)
-        flat[i] = keep - eps
-        down = f(x)
-        flat[i] = keep
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
 
 
 # --- hand-computed values ---------------------------------------------------------
@@ -116,14 +102,14 @@ RNG = np.random.default_rng(0)
 def test_smooth_l1_backward_matches_central_differences(reduction):
     x = RNG.normal(0, 0.5, (6, 4))
     y = RNG.normal(0, 0.5, (6, 4))
-    num = numerical_grad(lambda v: L.smooth_l1(v, y, reduction=reduction), x)
+    num = numerical_grad(lambda: L.smooth_l1(x, y, reduction=reduction), x)
     np.testing.assert_allclose(L.smooth_l1_backward(x, y, reduction=reduction), num, atol=1e-6)
 
 
 def test_cross_entropy_backward_matches_central_differences():
     x = RNG.normal(0, 2, (5, 4))
     t = RNG.integers(0, 4, 5)
-    num = numerical_grad(lambda v: L.cross_entropy(v, t), x)
+    num = numerical_grad(lambda: L.cross_entropy(x, t), x)
     np.testing.assert_allclose(L.cross_entropy_backward(x, t), num, atol=1e-7)
 
 
@@ -131,7 +117,7 @@ def test_cross_entropy_backward_matches_central_differences():
 def test_bce_with_logits_backward_matches_central_differences(reduction):
     x = RNG.normal(0, 3, (12,))
     t = RNG.uniform(0, 1, (12,))
-    num = numerical_grad(lambda v: L.bce_with_logits(v, t, reduction=reduction), x)
+    num = numerical_grad(lambda: L.bce_with_logits(x, t, reduction=reduction), x)
     got = L.bce_with_logits_backward(x, t, reduction=reduction)
     np.testing.assert_allclose(got, num, atol=1e-7)
 
@@ -142,7 +128,7 @@ def test_mask_loss_backward_matches_central_differences(kind):
     x = RNG.normal(0, 2, (3, 4, 5, 5))
     labels = np.array([1, 3, 2])
     t = RNG.uniform(0, 1, (3, 5, 5))
-    num = numerical_grad(lambda v: loss(v, labels, t), x)
+    num = numerical_grad(lambda: loss(x, labels, t), x)
     np.testing.assert_allclose(backward(x, labels, t), num, atol=1e-7)
 
 

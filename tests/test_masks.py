@@ -2,6 +2,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from gradcheck import numerical_grad
 
 from tinymaskrcnn.masks import (
     MaskRCNNHeads,
@@ -14,20 +15,6 @@ from tinymaskrcnn.masks import (
 from tinymaskrcnn.roi_heads import mask_probabilities
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "transform.npz"
-
-
-def numerical_grad(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + eps
-        up = f()
-        flat[i] = keep - eps
-        down = f()
-        flat[i] = keep
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
 
 
 # --- targets --------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from gradcheck_nn import check_module_gradients
+from gradcheck import check_module_gradients
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from gradcheck import numerical_grad
 from hypothesis import given
 from hypothesis import strategies as st
+from tiny_model import TINY_WIDTHS
 
 from tinymaskrcnn.config import MaskRCNNConfig
 from tinymaskrcnn.model import MaskRCNN
@@ -16,20 +18,6 @@ from tinymaskrcnn.roi_heads import (
 from tinymaskrcnn.roi_ops import roi_pool
 
 CFG = MaskRCNNConfig.shapes(box_batch_size_per_image=8, box_positive_fraction=0.25)
-
-
-def numerical_grad(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + eps
-        up = f()
-        flat[i] = keep - eps
-        down = f()
-        flat[i] = keep
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
 
 
 def random_boxes(rng, n, size=100.0):
@@ -160,10 +148,7 @@ def test_roipool_reader_equals_roi_pool_on_the_level_of_each_box():
 )
 def test_the_ablation_switches_train(overrides):
     cfg = MaskRCNNConfig.shapes(
-        backbone_width=0.125,
-        fpn_out_channels=8,
-        box_representation_size=16,
-        mask_layers=(8,),
+        **TINY_WIDTHS,
         min_size=64,
         max_size=64,
         rpn_post_nms_top_n_train=20,
@@ -182,13 +167,7 @@ def test_the_ablation_switches_train(overrides):
 
 
 def test_crop_and_resize_reader_runs_at_inference():
-    cfg = MaskRCNNConfig.shapes(
-        backbone_width=0.125,
-        fpn_out_channels=8,
-        box_representation_size=16,
-        mask_layers=(8,),
-        roi_op="crop_and_resize",
-    )
+    cfg = MaskRCNNConfig.shapes(**TINY_WIDTHS, roi_op="crop_and_resize")
     model = MaskRCNN(cfg, rng=np.random.default_rng(0))
     (det,) = model.eval()([np.full((3, 64, 64), 0.5, np.float32)])
     assert det["masks"].shape[1:] == (1, 64, 64)

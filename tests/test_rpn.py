@@ -1,6 +1,7 @@
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+from gradcheck import numerical_grad
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,20 +18,6 @@ from tinymaskrcnn.rpn import (
 )
 
 CFG = MaskRCNNConfig.shapes(rpn_post_nms_top_n_test=10, rpn_pre_nms_top_n_test=15)
-
-
-def numerical_grad(f, x, eps=1e-6):
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        keep = flat[i]
-        flat[i] = keep + eps
-        up = f()
-        flat[i] = keep - eps
-        down = f()
-        flat[i] = keep
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
 
 
 def grid_anchors(n=6, size=16.0):

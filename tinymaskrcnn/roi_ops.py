@@ -88,6 +88,25 @@ def _check_scale(spatial_scale):
     return scale
 
 
+def _check_backward(grad_out, rois, features_shape):
+    """A backward's arguments: grad_out (K, C, ph, pw), rois (K, 5), features_shape (N, C, H, W).
+
+    Returns grad_out and rois as ``_check_features`` and ``_check_rois`` give them, and
+    features_shape as a tuple of four ints.
+    """
+    grad_out = _check_features(grad_out, "grad_out")
+    if len(features_shape) != 4:
+        raise ValueError(f"features_shape must be (N, C, H, W); got {tuple(features_shape)}")
+    n, c, h, w = (int(s) for s in features_shape)
+    rois = _check_rois(rois, n)
+    if tuple(grad_out.shape[:2]) != (len(rois), c):
+        raise ValueError(
+            f"grad_out must be (K, C, ph, pw) = ({len(rois)}, {c}, ph, pw); "
+            f"got shape {tuple(grad_out.shape)}"
+        )
+    return grad_out, rois, (n, c, h, w)
+
+
 # --- RoIAlign -----------------------------------------------------------------------
 
 
@@ -252,16 +271,7 @@ def roi_align_backward(
     Returns grad_features (N, C, H, W) in grad_out's dtype: each output's gradient
     spread over the four neighbours of each sample, times weight / samples per bin.
     """
-    grad_out = _check_features(grad_out, "grad_out")
-    if len(features_shape) != 4:
-        raise ValueError(f"features_shape must be (N, C, H, W); got {tuple(features_shape)}")
-    n, c, h, w = (int(s) for s in features_shape)
-    rois = _check_rois(rois, n)
-    if tuple(grad_out.shape[:2]) != (len(rois), c):
-        raise ValueError(
-            f"grad_out must be (K, C, ph, pw) = ({len(rois)}, {c}, ph, pw); "
-            f"got shape {tuple(grad_out.shape)}"
-        )
+    grad_out, rois, (n, c, h, w) = _check_backward(grad_out, rois, features_shape)
     output_size = _check_output_size(grad_out.shape[2:])
     spatial_scale = _check_scale(spatial_scale)
     fast = kernels.implementation("roi_align_backward")
@@ -357,16 +367,7 @@ def roi_pool_backward(grad_out, argmax, rois, features_shape):
     rois: (K, 5), the forward's RoIs (only their batch index is used).
     features_shape: (N, C, H, W). Returns grad_features (N, C, H, W), grad_out's dtype.
     """
-    grad_out = _check_features(grad_out, "grad_out")
-    if len(features_shape) != 4:
-        raise ValueError(f"features_shape must be (N, C, H, W); got {tuple(features_shape)}")
-    n, c, h, w = (int(s) for s in features_shape)
-    rois = _check_rois(rois, n)
-    if tuple(grad_out.shape[:2]) != (len(rois), c):
-        raise ValueError(
-            f"grad_out must be (K, C, ph, pw) = ({len(rois)}, {c}, ph, pw); "
-            f"got shape {tuple(grad_out.shape)}"
-        )
+    grad_out, rois, (n, c, h, w) = _check_backward(grad_out, rois, features_shape)
     if tuple(argmax.shape) != tuple(grad_out.shape):
         raise ValueError(
             f"argmax must have grad_out's shape {tuple(grad_out.shape)}; got {tuple(argmax.shape)}"

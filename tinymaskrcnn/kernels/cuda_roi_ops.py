@@ -25,16 +25,23 @@ _bilinear = cuda.jit(device=True)(bilinear)
 _THREADS = 256
 
 
-@cuda.jit
-def _roi_align_forward(features, batch, sx, sy, bw, bh, grid_h, grid_w, use_max, out):
-    i = cuda.grid(1)
-    k_n, c_n, ph_n, pw_n = out.shape
-    if i >= k_n * c_n * ph_n * pw_n:
-        return
+@cuda.jit(device=True)
+def _output_element(i, shape):
+    """The element (k, c, ph, pw) of a (K, C, ph, pw) array that thread i owns, pw fastest."""
+    k_n, c_n, ph_n, pw_n = shape
     pw = i % pw_n
     ph = (i // pw_n) % ph_n
     c = (i // (pw_n * ph_n)) % c_n
     k = i // (pw_n * ph_n * c_n)
+    return k, c, ph, pw
+
+
+@cuda.jit
+def _roi_align_forward(features, batch, sx, sy, bw, bh, grid_h, grid_w, use_max, out):
+    i = cuda.grid(1)
+    if i >= out.size:
+        return
+    k, c, ph, pw = _output_element(i, out.shape)
     height, width = features.shape[2], features.shape[3]
     b = batch[k]
     gh, gw = grid_h[k], grid_w[k]
@@ -64,13 +71,9 @@ def _roi_align_forward(features, batch, sx, sy, bw, bh, grid_h, grid_w, use_max,
 @cuda.jit
 def _roi_align_backward(grad_out, batch, sx, sy, bw, bh, grid_h, grid_w, grad):
     i = cuda.grid(1)
-    k_n, c_n, ph_n, pw_n = grad_out.shape
-    if i >= k_n * c_n * ph_n * pw_n:
+    if i >= grad_out.size:
         return
-    pw = i % pw_n
-    ph = (i // pw_n) % ph_n
-    c = (i // (pw_n * ph_n)) % c_n
-    k = i // (pw_n * ph_n * c_n)
+    k, c, ph, pw = _output_element(i, grad_out.shape)
     height, width = grad.shape[2], grad.shape[3]
     b = batch[k]
     gh, gw = grid_h[k], grid_w[k]
@@ -96,13 +99,9 @@ def _roi_align_backward(grad_out, batch, sx, sy, bw, bh, grid_h, grid_w, grad):
 @cuda.jit
 def _roi_pool_forward(features, batch, h_start, h_end, w_start, w_end, out, argmax):
     i = cuda.grid(1)
-    k_n, c_n, ph_n, pw_n = out.shape
-    if i >= k_n * c_n * ph_n * pw_n:
+    if i >= out.size:
         return
-    pw = i % pw_n
-    ph = (i // pw_n) % ph_n
-    c = (i // (pw_n * ph_n)) % c_n
-    k = i // (pw_n * ph_n * c_n)
+    k, c, ph, pw = _output_element(i, out.shape)
     b = batch[k]
     width = features.shape[3]
     best = 0.0
@@ -119,13 +118,9 @@ def _roi_pool_forward(features, batch, h_start, h_end, w_start, w_end, out, argm
 @cuda.jit
 def _roi_pool_backward(grad_out, argmax, batch, grad):
     i = cuda.grid(1)
-    k_n, c_n, ph_n, pw_n = grad_out.shape
-    if i >= k_n * c_n * ph_n * pw_n:
+    if i >= grad_out.size:
         return
-    pw = i % pw_n
-    ph = (i // pw_n) % ph_n
-    c = (i // (pw_n * ph_n)) % c_n
-    k = i // (pw_n * ph_n * c_n)
+    k, c, ph, pw = _output_element(i, grad_out.shape)
     where = argmax[k, c, ph, pw]
     if where >= 0:
         width = grad.shape[3]

@@ -44,15 +44,23 @@ def _compile(fn):
     return njit(parallel=True, cache=True)(fn), njit(cache=True)(serial)
 
 
+@njit(inline="always")
+def _columns(boxes):
+    """x1, y1, x2, y2 and area of (N, 4) boxes, each a contiguous (N,) array.
+
+    Structure-of-arrays copies keep the inner loops that sweep over boxes on contiguous
+    memory, which lets LLVM vectorise them.
+    """
+    x1 = np.ascontiguousarray(boxes[:, 0])
+    y1 = np.ascontiguousarray(boxes[:, 1])
+    x2 = np.ascontiguousarray(boxes[:, 2])
+    y2 = np.ascontiguousarray(boxes[:, 3])
+    return x1, y1, x2, y2, (x2 - x1) * (y2 - y1)
+
+
 def _iou_rows(boxes1, boxes2, out):
     zero = boxes1.dtype.type(0)
-    # Structure-of-arrays copies of boxes2 keep the inner loop on contiguous memory, which
-    # lets LLVM vectorise it.
-    bx1 = np.ascontiguousarray(boxes2[:, 0])
-    by1 = np.ascontiguousarray(boxes2[:, 1])
-    bx2 = np.ascontiguousarray(boxes2[:, 2])
-    by2 = np.ascontiguousarray(boxes2[:, 3])
-    barea = (bx2 - bx1) * (by2 - by1)
+    bx1, by1, bx2, by2, barea = _columns(boxes2)
     for i in prange(boxes1.shape[0]):
         ax1, ay1, ax2, ay2 = boxes1[i, 0], boxes1[i, 1], boxes1[i, 2], boxes1[i, 3]
         aarea = (ax2 - ax1) * (ay2 - ay1)
@@ -97,11 +105,7 @@ def _nms_sorted(boxes, labels, use_labels, threshold):
     """
     n = boxes.shape[0]
     zero = boxes.dtype.type(0)
-    x1 = np.ascontiguousarray(boxes[:, 0])
-    y1 = np.ascontiguousarray(boxes[:, 1])
-    x2 = np.ascontiguousarray(boxes[:, 2])
-    y2 = np.ascontiguousarray(boxes[:, 3])
-    area = (x2 - x1) * (y2 - y1)
+    x1, y1, x2, y2, area = _columns(boxes)
     kept = np.empty(n, dtype=np.int64)
     n_kept = 0
     alive = np.empty(_NMS_BLOCK, dtype=np.bool_)

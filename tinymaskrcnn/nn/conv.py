@@ -389,7 +389,57 @@ def conv_transpose2d_backward(
 # --- the layers --------------------------------------------------------------------------
 
 
-class Conv2d(Module):
+class _ConvLayer(Module):
+    """What Conv2d and ConvTranspose2d share: geometry, parameters, input check, gradients.
+
+    ``transposed`` picks the weight layout: a convolution's (O, C/groups, kh, kw), or for
+    a transposed one (C, O/groups, kh, kw), the layout of the convolution whose input
+    gradient it computes (as torch stores it). fan_in is read from that layout either way,
+    as torch does.
+    """
+
+    transposed = False
+
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, rng
+    ):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must divide in_channels={in_channels} and "
+                f"out_channels={out_channels}"
+            )
+        rng = np.random.default_rng() if rng is None else rng
+        kh, kw = _pair(kernel_size, "kernel_size")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = (kh, kw)
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding")
+        self.dilation = _pair(dilation, "dilation")
+        self.groups = int(groups)
+        if self.transposed:
+            shape = (in_channels, out_channels // groups, kh, kw)
+        else:
+            shape = (out_channels, in_channels // groups, kh, kw)
+        self.weight = Parameter(init.kaiming_uniform(shape, rng))
+        fan_in = init.fans(shape)[0]
+        self.bias = Parameter(init.uniform_bias((out_channels,), fan_in, rng)) if bias else None
+
+    def _check_input(self, x):
+        if len(x.shape) != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} input must be (N, {self.in_channels}, H, W); "
+                f"got shape {tuple(x.shape)}"
+            )
+
+    def _accumulate(self, grad_weight, grad_bias):
+        if grad_weight is not None:  # None when the weight is frozen
+            self.weight.accumulate(grad_weight)
+        if self.bias is not None:
+            self.bias.accumulate(grad_bias)
+
+
+class Conv2d(_ConvLayer):
     """Convolution layer; parameters ``weight`` (O, C/groups, kh, kw) and ``bias`` (O,).
 
     Initialised as torch does by default (uniform, bound 1/sqrt(fan_in)); the backbone
@@ -409,34 +459,15 @@ class Conv2d(Module):
         bias=True,
         rng=None,
     ):
-        super().__init__()
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must divide in_channels={in_channels} and "
-                f"out_channels={out_channels}"
-            )
-        rng = np.random.default_rng() if rng is None else rng
-        kh, kw = _pair(kernel_size, "kernel_size")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = (kh, kw)
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
-        self.groups = int(groups)
-        shape = (out_channels, in_channels // groups, kh, kw)
-        self.weight = Parameter(init.kaiming_uniform(shape, rng))
-        fan_in = init.fans(shape)[0]
-        self.bias = Parameter(init.uniform_bias((out_channels,), fan_in, rng)) if bias else None
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, rng
+        )
 
     def _args(self):
         return self.stride, self.padding, self.dilation, self.groups
 
     def forward(self, x):
-        if len(x.shape) != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} input must be (N, {self.in_channels}, H, W); "
-                f"got shape {tuple(x.shape)}"
-            )
+        self._check_input(x)
         self._save(x)
         bias = None if self.bias is None else self.bias.data
         return conv2d(x, self.weight.data, bias, *self._args())
@@ -446,10 +477,7 @@ class Conv2d(Module):
         gx, gw, gb = conv2d_backward(
             grad_out, x, self.weight.data, *self._args(), weight_grad=self.weight.requires_grad
         )
-        if gw is not None:
-            self.weight.accumulate(gw)
-        if self.bias is not None:
-            self.bias.accumulate(gb)
+        self._accumulate(gw, gb)
         return gx
 
     def extra_repr(self) -> str:
@@ -459,8 +487,10 @@ class Conv2d(Module):
         )
 
 
-class ConvTranspose2d(Module):
+class ConvTranspose2d(_ConvLayer):
     """Transposed convolution layer; ``weight`` (C, O/groups, kh, kw), ``bias`` (O,)."""
+
+    transposed = True
 
     def __init__(
         self,
@@ -475,32 +505,13 @@ class ConvTranspose2d(Module):
         dilation=1,
         rng=None,
     ):
-        super().__init__()
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must divide in_channels={in_channels} and "
-                f"out_channels={out_channels}"
-            )
-        rng = np.random.default_rng() if rng is None else rng
-        kh, kw = _pair(kernel_size, "kernel_size")
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = (kh, kw)
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding")
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, rng
+        )
         self.output_padding = _pair(output_padding, "output_padding")
-        self.dilation = _pair(dilation, "dilation")
-        self.groups = int(groups)
-        shape = (in_channels, out_channels // groups, kh, kw)
-        self.weight = Parameter(init.kaiming_uniform(shape, rng))
-        fan_in = init.fans(shape)[0]
-        self.bias = Parameter(init.uniform_bias((out_channels,), fan_in, rng)) if bias else None
 
     def forward(self, x):
-        if len(x.shape) != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"ConvTranspose2d input must be (N, {self.in_channels}, H, W); "
-                f"got shape {tuple(x.shape)}"
-            )
+        self._check_input(x)
         self._save(x)
         bias = None if self.bias is None else self.bias.data
         return conv_transpose2d(
@@ -526,10 +537,7 @@ class ConvTranspose2d(Module):
             self.groups,
             weight_grad=self.weight.requires_grad,
         )
-        if gw is not None:
-            self.weight.accumulate(gw)
-        if self.bias is not None:
-            self.bias.accumulate(gb)
+        self._accumulate(gw, gb)
         return gx
 
     def extra_repr(self) -> str:

@@ -278,10 +278,10 @@ def _current(module: Module, name: str) -> np.ndarray:
     return getattr(module, name)
 
 
-class Sequential(Module):
-    """Children named "0", "1", ...; forward chains them, backward runs them in reverse."""
+class _NumberedChildren(Module):
+    """Children named "0", "1", ... in order: length, indexing and iteration over them."""
 
-    def __init__(self, *modules: Module):
+    def __init__(self, modules=()):
         super().__init__()
         for i, module in enumerate(modules):
             setattr(self, str(i), module)
@@ -295,6 +295,13 @@ class Sequential(Module):
     def __iter__(self) -> Iterator[Module]:
         return iter(self._modules.values())
 
+
+class Sequential(_NumberedChildren):
+    """Children named "0", "1", ...; forward chains them, backward runs them in reverse."""
+
+    def __init__(self, *modules: Module):
+        super().__init__(modules)
+
     def forward(self, x):
         for module in self._modules.values():
             x = module(x)
@@ -306,22 +313,8 @@ class Sequential(Module):
         return grad_out
 
 
-class ModuleList(Module):
+class ModuleList(_NumberedChildren):
     """A list of children named "0", "1", ... (no forward of its own)."""
-
-    def __init__(self, modules=()):
-        super().__init__()
-        for module in modules:
-            self.append(module)
 
     def append(self, module: Module) -> None:
         setattr(self, str(len(self._modules)), module)
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __getitem__(self, i: int) -> Module:
-        return list(self._modules.values())[i]
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())

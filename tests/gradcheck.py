@@ -1,8 +1,10 @@
-"""Float64 central-difference gradient checks for the layer library's explicit backwards.
+"""Float64 central-difference gradient checks, shared by every test of a backward.
 
-For a fixed random R the loss is ``L = sum(forward(x) * R)`` (summed over every output
-when forward returns a list); backward(R) must give dL/dx and add dL/dparam to each
-trainable parameter's .grad, both equal to (L(v + h) - L(v - h)) / 2h entry by entry.
+``central_difference`` estimates one entry of dL/dv as (L(v + h) - L(v - h)) / 2h,
+perturbing v in place; ``numerical_grad`` does so for every entry of v. For the layer
+library, ``check_module_gradients`` fixes a random R, takes ``L = sum(forward(x) * R)``
+(summed over every output when forward returns a list), and asserts that backward(R)
+gives dL/dx and adds dL/dparam to each trainable parameter's .grad.
 """
 
 import numpy as np
@@ -10,26 +12,29 @@ import numpy as np
 from tinymaskrcnn import nn
 
 
-def numeric_grad(loss, v, h=1e-6, max_entries=None, rng=None):
-    """Central differences of scalar ``loss()`` w.r.t. array ``v`` (perturbed in place).
+def central_difference(loss, v, i, h=1e-6):
+    """d loss() / d v.flat[i] by central differences; v is perturbed in place, then restored.
 
-    max_entries: check that many randomly chosen entries (None: every entry).
-    Returns (flat indices, gradients).
+    loss: a function of no arguments reading v. v: a float64 array whose reshape(-1) is
+    a view. Returns the estimate as a float.
     """
     flat = v.reshape(-1)
-    idx = np.arange(flat.size)
-    if max_entries is not None and flat.size > max_entries:
-        idx = np.sort((rng or np.random.default_rng(0)).choice(flat.size, max_entries, False))
-    grads = np.empty(len(idx))
-    for k, i in enumerate(idx):
-        old = flat[i]
-        flat[i] = old + h
-        up = loss()
-        flat[i] = old - h
-        down = loss()
-        flat[i] = old
-        grads[k] = (up - down) / (2 * h)
-    return idx, grads
+    old = flat[i]
+    flat[i] = old + h
+    up = loss()
+    flat[i] = old - h
+    down = loss()
+    flat[i] = old
+    return (up - down) / (2 * h)
+
+
+def numerical_grad(loss, v, h=1e-6):
+    """Central differences of scalar ``loss()`` at every entry of ``v``; shaped like v."""
+    grad = np.zeros(v.shape, v.dtype)
+    flat = grad.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = central_difference(loss, v, i, h)
+    return grad
 
 
 def check_module_gradients(module, x, rng, max_entries=None, rtol=1e-6, atol=1e-8):
@@ -54,7 +59,11 @@ def check_module_gradients(module, x, rng, max_entries=None, rtol=1e-6, atol=1e-
         return sum(float((a * w).sum()) for a, w in zip(ys, weights, strict=True))
 
     def compare(analytic, v, what):
-        idx, num = numeric_grad(loss, v, max_entries=max_entries, rng=rng)
+        # max_entries: check that many randomly chosen entries (None: every entry).
+        idx = np.arange(v.size)
+        if max_entries is not None and v.size > max_entries:
+            idx = np.sort(rng.choice(v.size, max_entries, False))
+        num = np.array([central_difference(loss, v, i) for i in idx])
         scale = max(np.abs(num).max(), 1.0)
         np.testing.assert_allclose(
             analytic.reshape(-1)[idx], num, rtol=rtol, atol=atol * scale, err_msg=what
