@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from tiny_model import tiny_config as shared_tiny_config
 
 from tinymaskrcnn.config import MaskRCNNConfig
 from tinymaskrcnn.data.shapes import ShapesDataset
@@ -19,24 +20,9 @@ from tinymaskrcnn.train import (
 )
 
 
-def tiny_config(**overrides):
-    """Every stage present, few channels, 64 x 64 images: a step takes a fraction of a second."""
-    base = dict(
-        backbone_width=0.125,
-        fpn_out_channels=8,
-        box_representation_size=16,
-        mask_layers=(8,),
-        min_size=64,
-        max_size=64,
-        anchor_sizes=((4,), (8,), (16,), (32,), (64,)),
-        rpn_pre_nms_top_n_train=100,
-        rpn_post_nms_top_n_train=30,
-        rpn_pre_nms_top_n_test=100,
-        rpn_post_nms_top_n_test=30,
-        rpn_batch_size_per_image=64,
-        box_batch_size_per_image=32,
-    )
-    return MaskRCNNConfig.shapes(**{**base, **overrides})
+def tiny_config():
+    """tiny_model's config with anchors scaled to its 64 x 64 images, so objects match."""
+    return shared_tiny_config(anchor_sizes=((4,), (8,), (16,), (32,), (64,)))
 
 
 def tiny_settings(**overrides):
@@ -222,3 +208,22 @@ def test_a_half_precision_export_loads_back_within_float16_rounding(tmp_path, da
         loaded = model.state_dict()[name]
         assert loaded.dtype == value.dtype
         np.testing.assert_allclose(loaded, value, rtol=1e-3, atol=1e-6, err_msg=name)
+
+
+def test_the_shipped_shapes_model_finds_held_out_shapes():
+    from tinymaskrcnn.kernels import use_backend
+    from tinymaskrcnn.train import evaluate_model
+
+    model = MaskRCNN.from_pretrained("shapes")
+    with use_backend("numba"):
+        metrics = evaluate_model(model, ShapesDataset(30, seed=12345))
+    assert metrics["bbox"]["AP50"] >= 0.9 and metrics["segm"]["AP50"] >= 0.9
+
+
+@pytest.mark.slow
+def test_the_shapes_recipe_reaches_ap50_of_0_9_from_scratch(tmp_path):
+    # The shipped model's command, `tinymaskrcnn train --config shapes` (about 20 minutes
+    # at one thread on a 2-core CPU), scored on the 200 held-out images.
+    result = train(MaskRCNNConfig.shapes(), tmp_path, TrainSettings(), progress=False)
+    assert result.metrics["bbox"]["AP50"] >= 0.9
+    assert result.metrics["segm"]["AP50"] >= 0.9

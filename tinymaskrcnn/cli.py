@@ -1,6 +1,15 @@
 """The ``tinymaskrcnn`` command line (design §9).
 
     tinymaskrcnn tour [--out DIR] [--backend NAME|all] [--seed N] [--image-size PX]
+    tinymaskrcnn train [--config shapes] [--steps N] [--out RUN] [--resume] [--set F=V] ...
+    tinymaskrcnn predict IMAGE [--out PNG] [--checkpoint FILE] [--score-thresh S]
+    tinymaskrcnn evaluate [--checkpoint FILE] [--coco JSON] [--num-images N] [--seed N]
+    tinymaskrcnn bench [--backend NAME|all] [--quick]
+    tinymaskrcnn convert-torchvision IN.pth OUT.safetensors
+
+``train``, ``predict`` and ``evaluate`` run the training loop (train.py), one image
+through a model (by default the shapes model shipped in the package) and COCO AP
+(evaluate.py); ``bench`` times the hot ops and a model step on each backend.
 
 ``tour`` runs the stages built so far on one synthetic shapes image — anchors, IoU
 matching, box decoding and NMS — prints what each produced and how long it took on each

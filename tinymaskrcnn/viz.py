@@ -1124,7 +1124,7 @@ def plot_loss_curves(log, loss_names, smooth=20):
         ax.set_ylabel("loss")
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(loc="upper right", fontsize=8, framealpha=0.95)
     handles = axes[1].get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
     lr_ax.legend(handles=handles, loc="center right", fontsize=8, framealpha=0.95)
     fig.tight_layout()
