@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import time
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import nn
+from .atomic_file import write_atomically
 from .config import MaskRCNNConfig
 from .data.batching import flip_horizontal
 from .kernels import available_backends, use_backend
@@ -442,10 +444,9 @@ class _Log:
             with open(path, newline="") as f:
                 kept = [row for row in csv.reader(f)][1:]
             kept = [row for row in kept if row and int(row[0]) <= start]
-        tmp = path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([columns, *kept])
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows([columns, *kept])
+        write_atomically(path, lambda f: f.write(text.getvalue().encode("utf-8")))
         self._file = open(path, "a", newline="")
         self._writer = csv.writer(self._file)
 

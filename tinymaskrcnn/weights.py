@@ -23,9 +23,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 
 import numpy as np
+
+from .atomic_file import write_atomically
 
 FORMAT = "tinymaskrcnn-1"
 
@@ -145,20 +146,7 @@ def save_checkpoint(path, state: dict, config=None, metadata: dict | None = None
         # np.ascontiguousarray would turn a 0-d counter into shape (1,)
         tensors[name] = np.array(array, order="C", copy=True)
     data = save(tensors, metadata=meta)
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return write_atomically(path, lambda f: f.write(data))
 
 
 def load_checkpoint(path):

@@ -34,12 +34,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
+
+from ..atomic_file import write_atomically
 
 # Annotation tools round coordinates: a polygon vertex or box edge may lie this far
 # outside its image and still be accepted; anything farther is an error.
@@ -382,14 +383,14 @@ def export_coco(dataset, out_dir, categories=None):
         if image.min() < 0 or image.max() > 1 or not np.isfinite(image).all():
             raise ValueError(f"dataset[{i}]: image values must lie in [0, 1]")
         pixels = np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8)
-        _write_atomically(
+        write_atomically(
             os.path.join(image_dir, file_name),
             lambda f: Image.fromarray(pixels, "RGB").save(f, format="PNG"),
         )
 
     coco = coco_dict(dataset, categories, with_images=write_png)
     json_path = os.path.join(os.fspath(out_dir), "annotations.json")
-    _write_atomically(json_path, lambda f: f.write(json.dumps(coco).encode("utf-8")))
+    write_atomically(json_path, lambda f: f.write(json.dumps(coco).encode("utf-8")))
     return json_path
 
 
@@ -408,15 +409,3 @@ def _check_target(target, size, names, where):
         if not 0 < label < len(names) or names[label] == NO_CATEGORY:
             raise ValueError(f"{where}: label {label} names no category of {names}")
     return boxes, labels, masks
-
-
-def _write_atomically(path, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
