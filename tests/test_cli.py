@@ -20,14 +20,41 @@ def test_tour_help_documents_every_option(capsys):
         assert option in out
 
 
+TOUR_STAGES = (
+    "transform",
+    "backbone",
+    "anchors",
+    "matching",
+    "rpn head",
+    "proposals",
+    "roi heads",
+    "paste masks",
+    "whole model",
+)
+TOUR_FIGURES = [
+    "01_anchors.png",
+    "02_matching.png",
+    "03_proposals.png",
+    "04_roipool_vs_roialign.png",
+    "05_detections.png",
+]
+
+
 def test_the_tour_writes_its_figures_and_reports_each_stage(tmp_path, capsys):
-    assert main(["tour", "--out", str(tmp_path), "--backend", "numba", "--image-size", "128"]) == 0
+    assert main(["tour", "--out", str(tmp_path), "--backend", "numba"]) == 0
     out = capsys.readouterr().out
-    for stage in ("[anchors]", "[matching]", "[proposals]"):
-        assert stage in out
+    rows = {line.split("  ")[0].strip() for line in out.splitlines()}
+    for stage in TOUR_STAGES:
+        assert stage in rows
     assert "DISAGREE" not in out
-    names = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert names == ["01_anchors.png", "02_matching.png", "03_proposals.png"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == TOUR_FIGURES
+
+
+def test_the_tour_without_the_shipped_model_says_how_to_train_one(tmp_path, monkeypatch):
+    monkeypatch.setattr("tinymaskrcnn.model.PRETRAINED", {"shapes": "missing.safetensors"})
+    with pytest.raises(SystemExit, match="tinymaskrcnn train"):
+        main(["tour", "--out", str(tmp_path)])
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_the_tour_rejects_a_tiny_image(tmp_path):

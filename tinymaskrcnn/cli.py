@@ -11,11 +11,13 @@
 through a model (by default the shapes model shipped in the package) and COCO AP
 (evaluate.py); ``bench`` times the hot ops and a model step on each backend.
 
-``tour`` runs the stages built so far on one synthetic shapes image — anchors, IoU
-matching, box decoding and NMS — prints what each produced and how long it took on each
-backend, and writes a figure per stage to ``--out``. Until the RPN is trained, the
-objectness and deltas fed to decoding come from a mock RPN: deltas that point at the
-nearest object with some noise, scores that follow how well the decoded box fits.
+``tour`` is the first thing to run: it draws synthetic shapes images and runs the
+shapes model shipped in the package on them one stage at a time — transform, backbone +
+FPN, anchors, anchor matching, RPN head, proposals (decode, clip, NMS), RoI heads, mask
+pasting — printing what each stage produced and how long it took on each backend, and
+writing a figure per stage to ``--out``: anchors, anchor matches at 0.7 / 0.3, the RPN's
+proposals before and after NMS, RoIPool's bins vs RoIAlign's samples on a detected
+object, and the detections with their masks.
 """
 
 from __future__ import annotations
@@ -52,28 +54,39 @@ def main(argv=None) -> int:
 def _add_tour(commands):
     tour = commands.add_parser(
         "tour",
-        help="run every stage built so far on a synthetic image; print timings, write figures",
-        description="Run the stages built so far on one synthetic shapes image: print what "
-        "each produced and how long it took on each backend, and write a figure per stage.",
+        help="run the shipped shapes model stage by stage; print timings, write figures",
+        description="Draw synthetic shapes images and run the shapes model shipped in the "
+        "package on them one stage at a time (transform, backbone + FPN, anchors, matching, "
+        "RPN, proposals + NMS, RoI heads, masks): print what each stage produced and how long "
+        "it took on each backend, and write a figure per stage (anchors, anchor matches, "
+        "proposals before/after NMS, RoIPool vs RoIAlign on a detected object, detections "
+        "with masks).",
     )
     tour.add_argument(
-        "--out", default="tour", type=pathlib.Path, help="folder for the figures (default: tour/)"
+        "--out",
+        default="tour",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="folder for the figures (default: tour/)",
     )
     tour.add_argument(
         "--backend",
         default="all",
         choices=("all",) + BACKENDS,
+        metavar="{all," + ",".join(BACKENDS) + "}",
         help="backend to time; 'all' (default) times every one available "
         "(cuda only on a real GPU, not under the simulator)",
     )
     tour.add_argument(
-        "--seed", default=0, type=int, help="seed of the shapes image and the mock RPN (default: 0)"
+        "--seed", default=0, type=int, metavar="N", help="seed of the shapes images (default: 0)"
     )
     tour.add_argument(
         "--image-size",
-        default=256,
+        default=128,
         type=int,
-        help="side of the square image in pixels, at least 64 (default: 256)",
+        metavar="PX",
+        help="side of the square shapes images in pixels, at least 64; the model resizes "
+        "them to its 128-pixel input (default: 128)",
     )
     tour.set_defaults(run=_run_tour)
 
@@ -103,101 +116,268 @@ def _timed(fn, backend, repeats=3):
     return result, best
 
 
-def _mock_rpn(gt, anchors, rng):
-    """Objectness (M,) and deltas (M, 4) of a half-trained RPN, made from the ground truth."""
-    from .boxes import BoxCoder, box_iou, clip_boxes
-
-    iou = box_iou(gt, anchors)
-    best = iou.argmax(axis=0)
-    coder = BoxCoder()
-    deltas = coder.encode(gt[best], anchors) + rng.normal(0, 0.12, anchors.shape)
-    size = float(anchors[:, 2:].max())  # only used to keep the fit measure in the image
-    decoded = clip_boxes(coder.decode(deltas, anchors), (size, size))
-    fit = box_iou(decoded, gt)[np.arange(len(anchors)), best]
-    objectness = np.clip(0.9 * fit + rng.normal(0, 0.05, len(anchors)), 0, 1)
-    return objectness.astype(np.float32), deltas.astype(np.float32)
+_TOUR_IMAGES = 4  # images in the detections figure; the stages run on the first
 
 
 def _run_tour(args) -> int:
     from . import viz
-    from .anchors import AnchorGenerator
-    from .boxes import BoxCoder, box_iou, clip_boxes, nms
+    from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
     from .data.shapes import ShapesDataset
     from .matching import Matcher
+    from .model import MaskRCNN
+    from .rpn import MIN_PROPOSAL_SIZE, flatten_predictions, select_proposals, top_n_per_level
+    from .transform import resize_bilinear
 
     if args.image_size < 64:
         sys.exit(f"tinymaskrcnn tour: --image-size must be at least 64; got {args.image_size}")
+    if args.seed < 0:
+        sys.exit(f"tinymaskrcnn tour: --seed must be a non-negative int; got {args.seed}")
+    try:
+        model = MaskRCNN.from_pretrained("shapes")
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(
+            f"tinymaskrcnn tour: the shipped shapes model cannot be loaded ({err}). Train one "
+            "with `tinymaskrcnn train --out runs/shapes` and copy runs/shapes/model.safetensors "
+            "to tinymaskrcnn/pretrained/shapes.safetensors"
+        )
+    cfg = model.cfg
     backends = _tour_backends(args.backend)
     out = args.out
-    size = args.image_size
-    rng = np.random.default_rng(args.seed)
-    image, target = ShapesDataset(1, image_size=size, seed=args.seed)[0]
-    gt = target["boxes"]
+    dataset = ShapesDataset(_TOUR_IMAGES, image_size=args.image_size, seed=args.seed)
+    image, target = dataset[0]
+    dtype = model.backbone.body.conv1.weight.data.dtype
+    x = image.astype(dtype)
     print(
-        f"tinymaskrcnn tour: one {size}x{size} shapes image (seed {args.seed}) with "
-        f"{len(gt)} objects; backends timed: {', '.join(backends)}; figures -> {out}/"
+        f"tinymaskrcnn tour: the shipped shapes model on {args.image_size}x{args.image_size} "
+        f"shapes images (seed {args.seed}); image 0 holds {len(target['boxes'])} objects.\n"
+        f"Each stage runs once per backend to warm up (Numba compiles, then caches on disk), "
+        f"then the best of 3 runs is shown.\n"
+    )
+    width = 12 * len(backends)
+    print(f"{'stage':<13s}" + "".join(f"{b + ' ms':>12s}" for b in backends) + "   what it made")
+    print("-" * (13 + width + 50))
+
+    def stage(name, fn, what, seconds=None, agree=None):
+        """Run ``fn`` on every backend (or take given ``seconds``), print a table row.
+
+        agree(a, b) -> bool compares two backends' results; a mismatch is flagged.
+        """
+        if seconds is None:
+            results, seconds = {}, {}
+            for b in backends:
+                results[b], seconds[b] = _timed(fn, b)
+            result = results[backends[0]]
+            if agree is not None and not all(agree(result, results[b]) for b in backends):
+                what = what(result) + "  (backends DISAGREE)"
+        else:
+            result = fn()
+        cells = "".join(
+            f"{seconds[b] * 1e3:12.1f}" if b in seconds else f"{'same':>12s}" for b in backends
+        )
+        print(f"{name:<13s}{cells}   {what(result) if callable(what) else what}")
+        return result
+
+    # 1. transform: normalise, resize to the model's input, pad to a multiple of 32
+    batch, image_sizes, resized_targets = stage(
+        "transform",
+        lambda: model.transform([x], [target]),
+        lambda r: f"batch {tuple(r[0].shape)}, image resized to {r[1][0][0]}x{r[1][0][1]}",
+    )
+    size = image_sizes[0]
+    gt = resized_targets[0]["boxes"]
+    shown = np.clip(resize_bilinear(image, size), 0, 1)  # the image in the model's frame
+
+    # 2. backbone: ResNet + FPN -> P2..P6
+    features = stage(
+        "backbone",
+        lambda: model.backbone(batch),
+        lambda f: (
+            "FPN "
+            + " ".join(f"P{k + 2} {m.shape[2]}x{m.shape[3]}" for k, m in enumerate(f))
+            + f", {f[0].shape[1]} channels"
+        ),
     )
 
-    def report(stage, what, seconds):
-        times = "  ".join(f"{b} {seconds[b] * 1e3:8.2f} ms" for b in backends)
-        print(f"\n[{stage}] {what}\n    {times}")
-
-    # 1. anchors (no kernel: the same NumPy code on every backend)
-    generator = AnchorGenerator()
-    feature_sizes = [(size // s, size // s) for s in _STRIDES]
+    # 3. anchors (no kernel: the same NumPy code on every backend)
+    generator = model.rpn.anchor_generator
+    feature_sizes = [f.shape[2:] for f in features]
     start = time.perf_counter()
-    levels = generator.generate((size, size), feature_sizes)
-    seconds = time.perf_counter() - start
-    anchors = np.concatenate(levels)
-    counts = ", ".join(f"P{k + 2} {len(a)}" for k, a in enumerate(levels))
-    print(f"\n[anchors] {len(anchors):,} anchors ({counts})\n    reference {seconds * 1e3:.2f} ms")
-    strides = generator.strides((size, size), feature_sizes)
-    fig = viz.plot_anchor_tiling(image, levels, strides, location=(size // 2, size // 2))
-    viz.save(fig, out / "01_anchors.png")
-
-    # 2. matching: IoU of every gt with every anchor, then 0.7 / 0.3 with low-quality matches
-    matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
-    results, seconds = {}, {}
-    for b in backends:
-        results[b], seconds[b] = _timed(lambda: matcher(box_iou(gt, anchors)), b)
-    matches = results[backends[0]]
-    agree = all(np.array_equal(results[b], matches) for b in backends)
-    report(
-        "matching",
-        f"IoU {len(gt)} x {len(anchors):,} + Matcher: {(matches >= 0).sum()} positive, "
-        f"{(matches == -2).sum()} ignored, {(matches == -1).sum():,} negative"
-        f"{'' if agree else '  (backends DISAGREE)'}",
+    levels = generator.generate(batch.shape[2:], feature_sizes)
+    seconds = {backends[0]: time.perf_counter() - start}
+    anchors = np.concatenate(levels).astype(dtype)
+    stage(
+        "anchors",
+        lambda: None,
+        f"{len(anchors):,} anchors ("
+        + ", ".join(f"P{k + 2} {len(a)}" for k, a in enumerate(levels))
+        + "); NumPy only",
         seconds,
     )
+    fig = viz.plot_anchor_tiling(
+        shown,
+        levels,
+        generator.strides(batch.shape[2:], feature_sizes),
+        location=(size[0] // 2, size[1] // 2),
+    )
+    fig.axes[0].set_title(
+        f"Grids of P3 and P4 (dots); every level's anchors at one location\n"
+        f"(sizes {', '.join(str(s[0]) for s in cfg.anchor_sizes)} px, 3 aspect ratios)"
+    )
+    viz.save(fig, out / "01_anchors.png")
+
+    # 4. matching: IoU of every gt with every anchor, then 0.7 / 0.3 with low-quality matches
+    matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh, allow_low_quality_matches=True)
+    matches = stage(
+        "matching",
+        lambda: matcher(box_iou(gt, anchors)),
+        lambda m: (
+            f"IoU {len(gt)} x {len(anchors):,}: {(m >= 0).sum()} positive, "
+            f"{(m == -2).sum():,} ignored, {(m == -1).sum():,} negative"
+        ),
+        agree=np.array_equal,
+    )
     fig = viz.plot_anchor_labels(
-        image, gt, anchors, matches, "Anchor labels at 0.7 / 0.3", rng=np.random.default_rng(0)
+        shown,
+        gt,
+        anchors,
+        matches,
+        f"Anchor matches at {cfg.rpn_fg_iou_thresh} / {cfg.rpn_bg_iou_thresh} (as the RPN trains)",
+        rng=np.random.default_rng(0),
+        max_shown=40,
     )
     viz.save(fig, out / "02_matching.png")
 
-    # 3. decode every anchor's deltas, clip, keep the top 1000, NMS at 0.7
-    objectness, deltas = _mock_rpn(gt, anchors, rng)
-    coder = BoxCoder()
-    top = np.argsort(-objectness, kind="stable")[:1000]
-
-    def proposals():
-        boxes = clip_boxes(coder.decode(deltas, anchors)[top], (size, size))
-        return boxes, nms(boxes, objectness[top], 0.7)
-
-    results, seconds = {}, {}
-    for b in backends:
-        results[b], seconds[b] = _timed(proposals, b)
-    boxes, keep = results[backends[0]]
-    agree = all(np.array_equal(results[b][1], keep) for b in backends)
-    report(
-        "proposals",
-        f"decode {len(anchors):,} anchors, top {len(top)}, NMS at 0.7 keeps {len(keep)}"
-        f"{'' if agree else '  (backends DISAGREE)'}",
-        seconds,
+    # 5. RPN head: objectness and deltas for every anchor
+    objectness, deltas = stage(
+        "rpn head",
+        lambda: flatten_predictions(*model.rpn.head(features)),
+        lambda r: f"objectness {tuple(r[0].shape)}, deltas {tuple(r[1].shape)}",
     )
-    fig = viz.plot_nms(image, boxes[:150], objectness[top][:150], keep[keep < 150], 0.7, gt)
+    objectness, deltas = objectness[0], deltas[0]
+    num_per_level = [len(a) for a in levels]
+
+    # 6. proposals: top-n per level, decode, clip, NMS per level, top post_n
+    proposals, scores = stage(
+        "proposals",
+        lambda: select_proposals(
+            objectness, deltas, anchors, num_per_level, size, cfg, training=False
+        ),
+        lambda r: (
+            f"top {cfg.rpn_pre_nms_top_n_test}/level, decode, clip, NMS "
+            f"{cfg.rpn_nms_thresh} per level -> {len(r[0])} proposals"
+        ),
+    )
+    # The same steps, unrolled, for the figure: the boxes before NMS and their levels.
+    idx = top_n_per_level(objectness, num_per_level, cfg.rpn_pre_nms_top_n_test)
+    level = np.repeat(np.arange(len(num_per_level)), num_per_level)[idx]
+    boxes = clip_boxes(BoxCoder().decode(deltas[idx], anchors[idx]), size)
+    probs = 1 / (1 + np.exp(-objectness[idx]))
+    keep = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
+    boxes, probs, level = boxes[keep], probs[keep], level[keep]
+    order = np.argsort(-probs, kind="stable")
+    survivors = batched_nms(boxes, probs, level, cfg.rpn_nms_thresh)
+    n = 30
+    fig = viz.plot_proposals_nms(
+        shown,
+        boxes[order[:n]],
+        level[order[:n]],
+        boxes[survivors[:n]],
+        level[survivors[:n]],
+        gt,
+        cfg.rpn_nms_thresh,
+    )
+    fig.suptitle(
+        f"RPN of the shipped model: {len(boxes)} boxes, {len(survivors)} after NMS, "
+        f"the best {len(proposals)} are the proposals",
+        y=0.95,
+    )
     viz.save(fig, out / "03_proposals.png")
+
+    # 7. RoI heads: box head on RoIAlign 7x7 features, then the mask head on the detections
+    heads = stage(
+        "roi heads",
+        lambda: model.roi_heads(features[:4], [proposals], image_sizes)[0],
+        lambda d: (
+            f"{len(proposals)} proposals -> {len(d[0]['boxes'])} detections "
+            f"(RoIAlign {cfg.box_roi_output_size}x{cfg.box_roi_output_size} box, "
+            f"{cfg.mask_roi_output_size}x{cfg.mask_roi_output_size} mask)"
+        ),
+    )
+    fig = _roi_figure(model, heads[0], proposals, features, shown)
+    viz.save(fig, out / "04_roipool_vs_roialign.png")
+
+    # 8. back to the image: boxes scaled, 28x28 masks pasted into image-sized ones
+    original = [tuple(image.shape[1:])]
+    final = stage(
+        "paste masks",
+        lambda: model.transform.postprocess(heads, image_sizes, original)[0],
+        lambda d: f"{len(d['boxes'])} masks pasted into {original[0][0]}x{original[0][1]}",
+    )
+
+    # 9. the whole model in one call: the sum of the rows above, plus checks and casts
+    whole = stage(
+        "whole model",
+        lambda: model([x])[0],
+        lambda d: f"image -> {(d['scores'] >= 0.5).sum()} detections with score >= 0.5",
+        agree=lambda a, b: (
+            np.array_equal(a["labels"], b["labels"])
+            and np.allclose(a["boxes"], b["boxes"], atol=1e-2)
+        ),
+    )
+    del final, whole
+    print("-" * (13 + width + 50))
+
+    images = [dataset[i][0] for i in range(len(dataset))]
+    with use_backend(backends[-1]):
+        detections = model(images)
+    truths = [dataset[i][1] for i in range(len(dataset))]
+    fig = viz.plot_tour_detections(images, detections, truths, ShapesDataset.CLASSES)
+    viz.save(fig, out / "05_detections.png")
     print(f"\nfigures: {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}/")
     return 0
+
+
+def _roi_figure(model, detections, proposals, features, image):
+    """RoIPool's bins vs RoIAlign's samples for the best detection, on the level FPN picks.
+
+    detections: one image's RoI-head output in the model's (resized) frame; image: (3, h, w)
+    in that frame. Falls back to the best proposal when nothing was detected.
+    """
+    from . import viz
+    from .roi_ops import roi_align, roi_align_sampling_points, roi_pool, roi_pool_bins
+
+    if len(detections["boxes"]):
+        box, what = detections["boxes"][0], "the best detection"
+    else:
+        box, what = proposals[0], "the best proposal (nothing was detected)"
+    pooler = model.roi_heads.box_roi_pool  # MultiScaleRoIAlign, scales set by the last call
+    index = int(pooler.levels(box[None])[0])
+    scale = pooler.scales[index]
+    fmap = features[index]
+    size = model.cfg.box_roi_output_size
+    rois = np.concatenate([[0.0], box]).astype(fmap.dtype)[None]
+    bins = [
+        b[0]
+        for b in roi_pool_bins(
+            rois.astype(np.float64), (size, size), scale, *fmap.shape[2:], fmap.dtype.type
+        )
+    ]
+    pooled = roi_pool(fmap, rois, size, scale)[0][0]
+    (points,) = roi_align_sampling_points(rois, size, scale, pooler.sampling_ratio)
+    aligned = roi_align(fmap, rois, size, scale, pooler.sampling_ratio)[0]
+    channel = int(np.argmax(aligned.reshape(len(aligned), -1).std(axis=1)))
+    return viz.plot_roi_pool_vs_align_on_level(
+        image,
+        box,
+        pooler.k_min + index,
+        scale,
+        bins,
+        points,
+        pooled[channel],
+        aligned[channel],
+        title=f"{what} on P{pooler.k_min + index} (stride {1 / scale:g}), the level FPN's "
+        f"mapping picks; channel {channel} of {fmap.shape[1]} pooled on the right",
+    )
 
 
 # --- train, predict, evaluate, bench, convert-torchvision ---------------------------

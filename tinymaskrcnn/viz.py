@@ -7,31 +7,23 @@ with the non-interactive Agg backend so that tutorials work on machines with no 
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402,F401
 
+from .atomic_file import write_atomically  # noqa: E402
+
 
 def save(fig, path) -> str:
     """Write ``fig`` to ``path`` (PNG) atomically: a temporary file, then a rename."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
+        return write_atomically(
+            path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        )
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         plt.close(fig)
-    return path
 
 
 # --- anchors, IoU matching, box coding (tutorials 01-03) ---------------------------
@@ -679,6 +671,122 @@ def plot_quantisation_sweep(shift, edge_error, pool_error, align_error, stride):
     return fig
 
 
+def plot_roi_pool_vs_align_on_level(
+    image, box, level, scale, bins, points, pooled, aligned, title=None
+):
+    """RoIPool's quantised bins next to RoIAlign's sample points, for one box on one level.
+
+    image: (3, h, w) float in [0, 1], the model's input frame; box: (4,) x1 y1 x2 y2 in its
+    pixels. level: the pyramid level k of P_k; scale: its spatial scale (1 / stride).
+    bins: (h_start (ph,), h_end (ph,), w_start (pw,), w_end (pw,)) feature cells, end
+    exclusive, from roi_pool_bins. points: (ph, pw, gh, gw, 2) sample (x, y) from
+    roi_align_sampling_points. pooled, aligned: (ph, pw) one channel of each op's output.
+    Drawn in the level's cell-index frame (as the rest of this section), with the image
+    scaled by ``scale`` underneath, so that the cells show what one feature covers.
+    """
+    fig = plt.figure(figsize=(15, 6.3))
+    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 0.5], hspace=0.45, wspace=0.25)
+    ax_pool = fig.add_subplot(grid[:, 0])
+    ax_align = fig.add_subplot(grid[:, 1], sharex=ax_pool, sharey=ax_pool)
+    h, w = np.asarray(image).shape[1:]
+    x1, y1, x2, y2 = np.asarray(box, dtype=float) * scale - 0.5
+    left, right = np.floor(x1 - 1.5) + 0.5, np.ceil(x2 + 1.5) - 0.5
+    top, bottom = np.floor(y1 - 1.5) + 0.5, np.ceil(y2 + 1.5) - 0.5
+    for ax in (ax_pool, ax_align):
+        pixels = np.clip(np.asarray(image).transpose(1, 2, 0), 0, 1) * 0.6 + 0.4
+        ax.imshow(pixels, extent=(-0.5, w * scale - 0.5, h * scale - 0.5, -0.5))
+        for edge in np.arange(left, right + 1):
+            ax.axvline(edge, color="0.55", linewidth=0.5)
+        for edge in np.arange(top, bottom + 1):
+            ax.axhline(edge, color="0.55", linewidth=0.5)
+        _box(ax, x1, y1, x2, y2, edgecolor="red", linewidth=2.5)
+        ax.set_xlim(left, right)
+        ax.set_ylim(bottom, top)
+        ax.set_xlabel(f"x (P{level} cells; 1 cell = {1 / scale:g} pixels)")
+    ax_pool.set_ylabel(f"y (P{level} cells)")
+
+    h_start, h_end, w_start, w_end = bins
+    for i in range(len(h_start)):
+        for j in range(len(w_start)):
+            # Alternating colours and insets keep neighbouring bins apart where they share
+            # a row or column of cells (the ceil of one end meets the floor of the next).
+            odd = (i + j) % 2
+            inset = 0.12 if odd else 0.24
+            _box(
+                ax_pool,
+                w_start[j] - 0.5 + inset,
+                h_start[i] - 0.5 + inset,
+                w_end[j] - 0.5 - inset,
+                h_end[i] - 0.5 - inset,
+                edgecolor=("tab:blue", "darkorange")[odd],
+                linewidth=1.4,
+            )
+    ph, pw, gh, gw = points.shape[:4]
+    ax_pool.set_title(
+        f"RoIPool: box and {ph}x{pw} bins rounded to cells\n"
+        "(neighbours share cells; max over each bin)",
+        fontsize=11,
+    )
+    ax_pool.legend(
+        handles=[
+            plt.Line2D([], [], color="red", lw=2.5, label="detected box (exact)"),
+            plt.Line2D([], [], color="tab:blue", lw=1.4, label="rounded bins"),
+            plt.Line2D([], [], color="darkorange", lw=1.4, label="(alternate colours)"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.1),
+        ncol=3,
+        fontsize=8,
+    )
+
+    # The exact bins, recovered from the samples: g samples sit at (k + 0.5) / g of a bin.
+    p = points.reshape(-1, 2)
+    bin_w = (points[0, 1, 0, 0, 0] - points[0, 0, 0, 0, 0]) if pw > 1 else x2 - x1
+    bin_h = (points[1, 0, 0, 0, 1] - points[0, 0, 0, 0, 1]) if ph > 1 else y2 - y1
+    sx = points[0, 0, 0, 0, 0] - 0.5 * bin_w / gw
+    sy = points[0, 0, 0, 0, 1] - 0.5 * bin_h / gh
+    _box(ax_align, sx, sy, sx + pw * bin_w, sy + ph * bin_h, edgecolor="tab:blue", lw=1.5)
+    for k in range(1, pw):
+        ax_align.plot([sx + k * bin_w] * 2, [sy, sy + ph * bin_h], color="tab:blue", lw=0.8, ls=":")
+    for k in range(1, ph):
+        ax_align.plot([sx, sx + pw * bin_w], [sy + k * bin_h] * 2, color="tab:blue", lw=0.8, ls=":")
+    ax_align.scatter(
+        p[:, 0], p[:, 1], s=9, color="tab:blue", edgecolor="k", linewidth=0.3, zorder=3
+    )
+    ax_align.set_title(
+        f"RoIAlign: exact {ph}x{pw} bins, {gh}x{gw} bilinear samples each\n"
+        "(aligned=False, torchvision's default: half a cell off)",
+        fontsize=11,
+    )
+    ax_align.legend(
+        handles=[
+            plt.Line2D([], [], color="red", lw=2.5, label="detected box"),
+            plt.Line2D([], [], color="tab:blue", lw=1.5, label="bins as sampled"),
+            plt.Line2D([], [], marker="o", color="tab:blue", mec="k", ls="", label="sample point"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.1),
+        ncol=3,
+        fontsize=8,
+    )
+
+    low = float(min(pooled.min(), aligned.min()))
+    high = float(max(pooled.max(), aligned.max()))
+    for row, (values, name) in enumerate(
+        ((pooled, "RoIPool output (max per bin)"), (aligned, "RoIAlign output (mean of samples)"))
+    ):
+        ax = fig.add_subplot(grid[row, 2])
+        im = ax.imshow(values, cmap="viridis", vmin=low, vmax=high)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(pw))
+        ax.set_yticks(range(ph))
+        ax.tick_params(labelsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
 # --- backbone and FPN (tutorial 05) ------------------------------------------------
 
 
@@ -882,23 +990,26 @@ def plot_proposals_nms(
 
     before, after: (n, 4) boxes in image pixels, by decreasing objectness;
     before_level, after_level: (n,) pyramid level index (0 = P2). gt_boxes: (G, 4).
-    suppressed: (m, 4) boxes NMS removed, drawn dashed on the left panel.
+    suppressed: (n,) bool over ``before``, True for the boxes NMS removes; they are
+        drawn dotted in black on the left panel instead of in their level's colour.
     """
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.8))
+    removed = np.zeros(len(before), bool) if suppressed is None else np.asarray(suppressed)
     panels = (
-        (before, before_level, f"top {len(before)} proposals before NMS"),
-        (after, after_level, f"top {len(after)} after NMS per level (IoU > {nms_thresh})"),
+        (before, before_level, removed, f"top {len(before)} proposals before NMS"),
+        (
+            after,
+            after_level,
+            np.zeros(len(after), bool),
+            f"top {len(after)} after NMS per level (IoU > {nms_thresh})",
+        ),
     )
-    for i, (ax, (boxes, level, name)) in enumerate(zip(axes, panels, strict=True)):
+    for ax, (boxes, level, gone, name) in zip(axes, panels, strict=True):
         show_image(ax, image, name, dim=0.35)
-        if i == 0 and suppressed is not None and len(suppressed):
-            draw_boxes(
-                ax, suppressed, color="black", linewidth=1.0, linestyle=":", label="removed by NMS"
-            )
         for lv in np.unique(level):
             draw_boxes(
                 ax,
-                boxes[level == lv],
+                boxes[(level == lv) & ~gone],
                 color=_LEVEL_COLOURS[lv],
                 linewidth=1.4,
                 label=f"from P{lv + 2}",
@@ -912,6 +1023,10 @@ def plot_proposals_nms(
             label="ground truth",
             halo=True,
         )
+        if gone.any():
+            draw_boxes(
+                ax, boxes[gone], color="black", linewidth=1.4, linestyle=":", label="removed by NMS"
+            )
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8)
     return fig
 
@@ -1069,13 +1184,14 @@ def draw_detections(ax, image, detections, class_names, score_thresh=0.5, title=
         x1, y1 = detections["boxes"][i][:2]
         draw_boxes(ax, detections["boxes"][i], color=colour, linewidth=1.8, halo=True)
         name = class_names[label] if label < len(class_names) else f"class {label}"
+        above = y1 > 0.08 * h  # else inside the box: above it would cover the title
         ax.text(
             x1,
-            y1 - 1,
+            y1 - 1 if above else y1 + 1,
             f"{name} {detections['scores'][i]:.2f}",
             color="white",
             fontsize=7,
-            va="bottom",
+            va="bottom" if above else "top",
             bbox=dict(facecolor=colour, edgecolor="none", pad=1.0, alpha=0.9),
         )
 
@@ -1147,5 +1263,52 @@ def plot_detection_rows(images, rows, class_names, score_thresh=0.5):
             ax.set_xlabel("")
             ax.set_ylabel(name if k == 0 else "", fontsize=10)
     fig.suptitle(f"detections with score >= {score_thresh:g} (masks cut at probability 0.5)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_tour_detections(images, detections, truths, class_names, score_thresh=0.5):
+    """The model's detections on a row of images, ground-truth boxes dashed (the tour).
+
+    images: list of (3, H, W) float in [0, 1]. detections: one model output per image
+    (boxes, labels, scores, masks, as ``draw_detections`` takes). truths: one target per
+    image, boxes (G, 4) x1y1x2y2 pixels.
+    """
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(3.3 * n, 3.9), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        count = int((np.asarray(detections[k]["scores"]) >= score_thresh).sum())
+        g = len(truths[k]["boxes"])
+        draw_detections(
+            ax,
+            images[k],
+            detections[k],
+            class_names,
+            score_thresh,
+            f"image {k}: {count} found, {g} object{'s' if g != 1 else ''}",
+        )
+        draw_boxes(ax, truths[k]["boxes"], color="black", linewidth=1.2, linestyle="--")
+        if k:
+            ax.set_ylabel("")
+    fig.legend(
+        handles=[
+            plt.Line2D(
+                [],
+                [],
+                color="tab:blue",
+                lw=1.8,
+                label="detection: box, mask (tint), class and score",
+            ),
+            plt.Line2D([], [], color="black", lw=1.2, ls="--", label="ground-truth box"),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.02),
+        ncol=2,
+        fontsize=9,
+    )
+    fig.suptitle(
+        f"the shipped shapes model: detections with score >= {score_thresh:g}, "
+        "masks cut at probability 0.5"
+    )
     fig.tight_layout()
     return fig

@@ -170,11 +170,12 @@ def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, s
         f"-> {len(kept)} proposals (top {cfg.rpn_post_nms_top_n_test})"
     )
     n = 12
+    removed_top = np.setdiff1d(order[:n], survivors)  # of the n best, those NMS removes
     print(f"   top {n} scores: {', '.join(f'{v:.3f}' for v in scores[order[:n]])}")
     print(
         f"   NMS removed {len(boxes) - len(survivors)} boxes, each overlapping a better one of "
-        f"its level by IoU > {cfg.rpn_nms_thresh} (dotted in the figure; here mostly boxes at the "
-        "border, which clipping squeezed onto each other)"
+        f"its level by IoU > {cfg.rpn_nms_thresh}; {len(removed_top)} of the top {n} are among "
+        "them (dotted in the figure)"
     )
     fig = viz.plot_proposals_nms(
         image,
@@ -184,7 +185,7 @@ def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, s
         level[kept[:n]],
         target["boxes"],
         cfg.rpn_nms_thresh,
-        suppressed=boxes[np.setdiff1d(np.arange(len(boxes)), survivors)],
+        suppressed=~np.isin(order[:n], survivors),
     )
     print(f"   -> {viz.save(fig, FIGURES / '06_proposals_nms.png')}")
 
