@@ -21,6 +21,11 @@ def _marker_expression(argv):
 GPU_RUN = "gpu" in _marker_expression(sys.argv) and "not gpu" not in _marker_expression(sys.argv)
 if not GPU_RUN:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    # The simulator runs each CUDA thread as a Python thread while the launching thread
+    # busy-polls them. With the default 5 ms GIL switch interval every hand-over can
+    # cost 5 ms, and a launch of a few thousand threads then takes minutes on a 2-core
+    # machine; a short interval hands the GIL over promptly.
+    sys.setswitchinterval(1e-6)
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
