@@ -121,11 +121,11 @@ _TOUR_IMAGES = 4  # images in the detections figure; the stages run on the first
 
 def _run_tour(args) -> int:
     from . import viz
-    from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
+    from .boxes import batched_nms, box_iou
     from .data.shapes import ShapesDataset
     from .matching import Matcher
     from .model import MaskRCNN
-    from .rpn import MIN_PROPOSAL_SIZE, flatten_predictions, select_proposals, top_n_per_level
+    from .rpn import flatten_predictions, proposal_candidates, select_proposals
     from .transform import resize_bilinear
 
     if args.image_size < 64:
@@ -267,13 +267,10 @@ def _run_tour(args) -> int:
             f"{cfg.rpn_nms_thresh} per level -> {len(r[0])} proposals"
         ),
     )
-    # The same steps, unrolled, for the figure: the boxes before NMS and their levels.
-    idx = top_n_per_level(objectness, num_per_level, cfg.rpn_pre_nms_top_n_test)
-    level = np.repeat(np.arange(len(num_per_level)), num_per_level)[idx]
-    boxes = clip_boxes(BoxCoder().decode(deltas[idx], anchors[idx]), size)
-    probs = 1 / (1 + np.exp(-objectness[idx]))
-    keep = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
-    boxes, probs, level = boxes[keep], probs[keep], level[keep]
+    # The figure needs the boxes before NMS and their levels too.
+    boxes, probs, level = proposal_candidates(
+        objectness, deltas, anchors, num_per_level, size, cfg, training=False
+    )
     order = np.argsort(-probs, kind="stable")
     survivors = batched_nms(boxes, probs, level, cfg.rpn_nms_thresh)
     n = 30

@@ -134,17 +134,16 @@ def top_n_per_level(objectness, num_per_level, top_n):
     return np.concatenate(picked)
 
 
-def select_proposals(objectness, deltas, anchors, num_per_level, image_size, cfg, training):
-    """Turn one image's RPN outputs into proposals.
+def proposal_candidates(objectness, deltas, anchors, num_per_level, image_size, cfg, training):
+    """One image's proposals before NMS: top-n per level, decoded, clipped, filtered.
 
     objectness: (M,) float logits; deltas: (M, 4) float, weights (1, 1, 1, 1);
     anchors: (M, 4) float x1y1x2y2, padded-image pixels; num_per_level: L counts;
-    image_size: (h, w) of the resized image (before padding): proposals are clipped to it.
-    Returns boxes (P, 4) and scores (P,) = sigmoid(objectness) in [0, 1], by decreasing
-    score, P <= rpn_post_nms_top_n.
+    image_size: (h, w) of the resized image (before padding): boxes are clipped to it.
+    Returns boxes (Q, 4), scores (Q,) = sigmoid(objectness) and level (Q,) int, the
+    pyramid level index of each box (0 = P2), Q <= L * rpn_pre_nms_top_n.
     """
     pre_n = cfg.rpn_pre_nms_top_n_train if training else cfg.rpn_pre_nms_top_n_test
-    post_n = cfg.rpn_post_nms_top_n_train if training else cfg.rpn_post_nms_top_n_test
     idx = top_n_per_level(objectness, num_per_level, pre_n)
     level = np.repeat(np.arange(len(num_per_level)), num_per_level)[idx]
     boxes = BoxCoder((1.0, 1.0, 1.0, 1.0)).decode(deltas[idx], anchors[idx])
@@ -153,7 +152,19 @@ def select_proposals(objectness, deltas, anchors, num_per_level, image_size, cfg
     keep = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
     boxes, scores, level = boxes[keep], scores[keep], level[keep]
     keep = np.flatnonzero(scores >= cfg.rpn_score_thresh)
-    boxes, scores, level = boxes[keep], scores[keep], level[keep]
+    return boxes[keep], scores[keep], level[keep]
+
+
+def select_proposals(objectness, deltas, anchors, num_per_level, image_size, cfg, training):
+    """Turn one image's RPN outputs into proposals.
+
+    Arguments as ``proposal_candidates``. Returns boxes (P, 4) and scores (P,) =
+    sigmoid(objectness) in [0, 1], by decreasing score, P <= rpn_post_nms_top_n.
+    """
+    post_n = cfg.rpn_post_nms_top_n_train if training else cfg.rpn_post_nms_top_n_test
+    boxes, scores, level = proposal_candidates(
+        objectness, deltas, anchors, num_per_level, image_size, cfg, training
+    )
     # NMS within each level only: boxes of different scales do not suppress each other.
     keep = batched_nms(boxes, scores, level, cfg.rpn_nms_thresh)[:post_n]
     return boxes[keep], scores[keep]
