@@ -328,7 +328,7 @@ def nms(boxes, scores, iou_threshold):
     iou_threshold = _check_threshold(iou_threshold, "iou_threshold")
     fast = kernels.implementation("nms")
     if fast is not None:
-        return fast(boxes, scores, iou_threshold)
+        return fast(boxes, score_order(kernels.to_host(scores)), iou_threshold)
     _reference_needs_host(boxes, scores)
     return _greedy_nms(boxes, scores, None, iou_threshold)
 
@@ -360,7 +360,7 @@ def batched_nms(boxes, scores, idxs, iou_threshold):
         idxs = idxs.astype(np.int64, copy=False)
     fast = kernels.implementation("batched_nms")
     if fast is not None:
-        return fast(boxes, scores, idxs, iou_threshold)
+        return fast(boxes, score_order(kernels.to_host(scores)), idxs, iou_threshold)
     _reference_needs_host(boxes, scores, idxs)
     return _greedy_nms(boxes, scores, idxs, iou_threshold)
 

@@ -46,14 +46,10 @@ def _check_features(features, name="features"):
 
 
 def _check_rois(rois, num_images, dtype=np.float64):
-    """(K, 5) rois as ``dtype``; the batch index must be an integer in [0, num_images)."""
-    if kernels.is_device_array(rois):
-        if len(rois.shape) != 2 or rois.shape[1] != 5:
-            raise ValueError(
-                f"rois must be (K, 5) [batch_index, x1, y1, x2, y2]; got shape {tuple(rois.shape)}"
-            )
-        return rois
-    rois = np.asarray(rois)
+    """(K, 5) rois as a host ``dtype`` array; the batch index must be an integer in
+    [0, num_images). RoIs on the GPU are copied to the host: the geometry every backend
+    samples from is computed there."""
+    rois = np.asarray(kernels.to_host(rois))
     if rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError(
             f"rois must be (K, 5) [batch_index, x1, y1, x2, y2]; got shape {rois.shape}"
@@ -158,6 +154,11 @@ def roi_align_sampling_points(
     geometry = roi_align_geometry(
         rois, output_size, _check_scale(spatial_scale), sampling_ratio, aligned
     )
+    return _points(geometry, output_size)
+
+
+def _points(geometry, output_size):
+    """roi_align_geometry's arrays -> one (ph, pw, gh, gw, 2) array of points per RoI."""
     return [_sample_points(*g[1:], output_size) for g in zip(*geometry, strict=True)]
 
 
@@ -233,22 +234,18 @@ def roi_align(
     spatial_scale = _check_scale(spatial_scale)
     if reduction not in ("avg", "max"):
         raise ValueError(f"reduction must be 'avg' or 'max'; got {reduction!r}")
+    geometry = roi_align_geometry(
+        rois, output_size, spatial_scale, int(sampling_ratio), bool(aligned)
+    )
     fast = kernels.implementation("roi_align")
     if fast is not None:
-        return fast(
-            features,
-            rois,
-            output_size,
-            spatial_scale,
-            int(sampling_ratio),
-            bool(aligned),
-            reduction,
-        )
+        return fast(features, geometry, output_size, reduction)
     out = np.zeros((len(rois), c, *output_size), features.dtype)
     if h == 0 or w == 0:
         return out
-    points = roi_align_sampling_points(rois, output_size, spatial_scale, sampling_ratio, aligned)
-    for k, (batch, roi_points) in enumerate(zip(rois[:, 0].astype(np.int64), points, strict=True)):
+    for k, (batch, roi_points) in enumerate(
+        zip(geometry[0], _points(geometry, output_size), strict=True)
+    ):
         if roi_points[0, 0].size == 0:
             continue  # an empty RoI under adaptive sampling has no samples: output 0
         index, weight = bilinear_neighbours(roi_points, h, w)
@@ -274,14 +271,18 @@ def roi_align_backward(
     grad_out, rois, (n, c, h, w) = _check_backward(grad_out, rois, features_shape)
     output_size = _check_output_size(grad_out.shape[2:])
     spatial_scale = _check_scale(spatial_scale)
+    geometry = roi_align_geometry(
+        rois, output_size, spatial_scale, int(sampling_ratio), bool(aligned)
+    )
     fast = kernels.implementation("roi_align_backward")
     if fast is not None:
-        return fast(grad_out, rois, (n, c, h, w), spatial_scale, int(sampling_ratio), bool(aligned))
+        return fast(grad_out, geometry, (n, c, h, w))
     grad = np.zeros((n, c, h * w), grad_out.dtype)
     if h == 0 or w == 0:
         return grad.reshape(n, c, h, w)
-    points = roi_align_sampling_points(rois, output_size, spatial_scale, sampling_ratio, aligned)
-    for k, (batch, roi_points) in enumerate(zip(rois[:, 0].astype(np.int64), points, strict=True)):
+    for k, (batch, roi_points) in enumerate(
+        zip(geometry[0], _points(geometry, output_size), strict=True)
+    ):
         index, weight = bilinear_neighbours(roi_points, h, w)
         count = max(index.shape[2] * index.shape[3], 1)
         # (C, ph, pw, gh, gw, 4): what each sample sends to each of its four cells.
@@ -337,23 +338,24 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0):
     rois = _check_rois(rois, n)
     output_size = _check_output_size(output_size)
     spatial_scale = _check_scale(spatial_scale)
+    batch = rois[:, 0].astype(np.int64)
+    h_start, h_end, w_start, w_end = roi_pool_bins(
+        rois, output_size, spatial_scale, h, w, np.dtype(features.dtype).type
+    )
     fast = kernels.implementation("roi_pool")
     if fast is not None:
-        return fast(features, rois, output_size, spatial_scale)
+        return fast(features, batch, h_start, h_end, w_start, w_end)
     ph, pw = output_size
     out = np.zeros((len(rois), c, ph, pw), features.dtype)
     argmax = np.full((len(rois), c, ph, pw), -1, np.int64)
-    h_start, h_end, w_start, w_end = roi_pool_bins(
-        rois, output_size, spatial_scale, h, w, features.dtype.type
-    )
-    for k, batch in enumerate(rois[:, 0].astype(np.int64)):
+    for k, image in enumerate(batch):
         for i in range(ph):
             for j in range(pw):
                 rows = np.arange(h_start[k, i], h_end[k, i])
                 cols = np.arange(w_start[k, j], w_end[k, j])
                 if rows.size == 0 or cols.size == 0:
                     continue
-                window = features[batch][:, rows[:, None], cols[None, :]].reshape(c, -1)
+                window = features[image][:, rows[:, None], cols[None, :]].reshape(c, -1)
                 best = window.argmax(axis=1)
                 out[k, :, i, j] = window[np.arange(c), best]
                 argmax[k, :, i, j] = rows[best // cols.size] * w + cols[best % cols.size]
@@ -374,7 +376,7 @@ def roi_pool_backward(grad_out, argmax, rois, features_shape):
         )
     fast = kernels.implementation("roi_pool_backward")
     if fast is not None:
-        return fast(grad_out, argmax, rois, (n, c, h, w))
+        return fast(grad_out, argmax, rois[:, 0].astype(np.int64), (n, c, h, w))
     argmax = np.asarray(argmax, np.int64)
     grad = np.zeros((n, c, h * w), grad_out.dtype)
     batch = np.broadcast_to(rois[:, 0].astype(np.int64)[:, None, None, None], argmax.shape)

@@ -1,4 +1,5 @@
-"""The one dispatch point between the NumPy reference and the fast kernels (design §6).
+"""The one dispatch point between the NumPy reference and the fast kernels
+(docs/architecture.md, Backends and dispatch).
 
 Every stage module computes with plain NumPy. An op that also has a fast version asks
 this module for it by the op's reference name::
@@ -8,10 +9,13 @@ this module for it by the op's reference name::
         return fast(boxes1, boxes2)
     ...the reference...
 
-and never looks at which backend is active. The fast versions have the reference's
-exact signature and live beside this file, one module per stage and backend
-(``numba_boxes.py``, ``cuda_boxes.py``, ...). They are imported on first use, so
-``import tinymaskrcnn`` does not pay for Numba's start-up.
+and never looks at which backend is active. Kernels are leaves: the stage validates
+the inputs and computes what is stage logic (NMS's score order, RoIAlign's per-RoI
+geometry, RoIPool's bins) once, and hands the kernel those arrays; no module in this
+package imports a stage module or another backend's module. The kernels live beside
+this file, one module per stage and backend (``numba_boxes.py``, ``cuda_boxes.py``,
+...), and are imported on first use, so ``import tinymaskrcnn`` does not pay for
+Numba's start-up.
 
 Backends:
     "numpy"  the reference (default); always available.
@@ -29,6 +33,8 @@ import contextvars
 import importlib
 import os
 from collections.abc import Callable
+
+import numpy as np
 
 BACKENDS = ("numpy", "numba", "cuda")
 
@@ -146,6 +152,13 @@ class use_backend:
 
 def _load(path: str) -> Callable:
     if path not in _loaded:
+        # Numba's OpenMP workers spin for a while after every parallel kernel; with few
+        # cores that steals the CPU from the BLAS threads of the convolution's next
+        # matrix product (a backbone training step measured 10x slower on 2 cores).
+        # Waiting passively costs nothing measurable. OpenMP reads this when Numba first
+        # launches a parallel kernel, so it is set before any kernel module loads (a
+        # user's own value wins; if torch loaded libgomp first, its settings stand).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         module_name, func_name = path.rsplit(".", 1)
         module = importlib.import_module(f"{__name__}.{module_name}")
         _loaded[path] = getattr(module, func_name)
@@ -181,6 +194,26 @@ def is_device_array(x) -> bool:
     return hasattr(x, "__cuda_array_interface__") or type(x).__name__ == "FakeCUDAArray"
 
 
+def to_host(x):
+    """``x`` as a NumPy array: a device array is copied to the host, anything else as is."""
+    return x.copy_to_host() if is_device_array(x) else x
+
+
+def to_device(x, dtype=None):
+    """``x`` as a CUDA device array (copied from the host unless it is one already).
+
+    dtype: the dtype the kernel needs, or None to keep ``x``'s; a device array of another
+    dtype is an error (converting it would need a device-side copy the caller should see).
+    """
+    from numba import cuda
+
+    if is_device_array(x):
+        if dtype is not None and np.dtype(x.dtype) != np.dtype(dtype):
+            raise ValueError(f"device array of dtype {x.dtype} where {np.dtype(dtype)} is needed")
+        return x
+    return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
+
+
 __all__ = [
     "BACKENDS",
     "available_backends",
@@ -189,5 +222,7 @@ __all__ = [
     "implementations",
     "is_device_array",
     "kernel",
+    "to_device",
+    "to_host",
     "use_backend",
 ]

@@ -12,9 +12,10 @@ NMS is the bitmask scheme of the Faster R-CNN CUDA code and torchvision: boxes s
 score are cut into tiles of 64; block (row tile, column tile) has one thread per row box,
 which writes a 64-bit word saying which boxes of the column tile it suppresses. A single
 block then walks the boxes in order and ORs the words of every kept box into a
-"removed" bitmap. Everything stays on the device except the sort: the scores (N floats)
-are copied to the host, sorted there with the reference's stable order, and the order is
-copied back, because Numba CUDA has no device sort.
+"removed" bitmap. Everything stays on the device except the sort: ``boxes.py`` sorts
+the scores on the host with the reference's stable order (copying them there if need
+be) and passes that order, because Numba CUDA has no device sort. The result stays on
+the device when the boxes (or the categories) are there.
 """
 
 from __future__ import annotations
@@ -24,16 +25,11 @@ import math
 import numpy as np
 from numba import cuda, int64, uint64
 
-from ..boxes import score_order
-from . import is_device_array
+from . import is_device_array, to_device
 
 _TILE = 64  # bits in a mask word: boxes per NMS tile
 _THREADS_2D = (16, 16)
 _THREADS_1D = 128
-
-
-def _to_device(x):
-    return x if is_device_array(x) else cuda.to_device(np.ascontiguousarray(x))
 
 
 def _result(d_out, on_device):
@@ -66,9 +62,7 @@ def box_iou(boxes1, boxes2):
     d_out = cuda.device_array((n, m), dtype=dtype)
     if n and m:
         blocks = (math.ceil(m / _THREADS_2D[0]), math.ceil(n / _THREADS_2D[1]))
-        _iou_kernel[blocks, _THREADS_2D](
-            _to_device(boxes1), _to_device(boxes2), dtype.type(0), d_out
-        )
+        _iou_kernel[blocks, _THREADS_2D](to_device(boxes1), to_device(boxes2), dtype.type(0), d_out)
     return _result(d_out, on_device)
 
 
@@ -139,21 +133,20 @@ def _nms_reduce_kernel(mask, order, removed, keep, count):
         count[0] = n_kept
 
 
-def _nms(boxes, scores, idxs, iou_threshold):
-    on_device = any(is_device_array(a) for a in (boxes, scores, idxs))
+def _nms(boxes, order, idxs, iou_threshold):
+    on_device = is_device_array(boxes) or is_device_array(idxs)
     n = boxes.shape[0]
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
         return cuda.to_device(empty) if on_device else empty
     dtype = np.dtype(boxes.dtype)
-    host_scores = scores.copy_to_host() if is_device_array(scores) else scores
-    d_order = cuda.to_device(score_order(host_scores))
+    d_order = cuda.to_device(order)
     use_labels = idxs is not None
-    d_labels = _to_device(idxs) if use_labels else cuda.to_device(np.zeros(1, np.int64))
+    d_labels = to_device(idxs) if use_labels else cuda.to_device(np.zeros(1, np.int64))
     d_sorted = cuda.device_array((n, 4), dtype=dtype)
     d_sorted_labels = cuda.device_array(n, dtype=np.int64)
     _gather_sorted[math.ceil(n / _THREADS_1D), _THREADS_1D](
-        _to_device(boxes), d_labels, d_order, use_labels, d_sorted, d_sorted_labels
+        to_device(boxes), d_labels, d_order, use_labels, d_sorted, d_sorted_labels
     )
     tiles = math.ceil(n / _TILE)
     d_mask = cuda.device_array((n, tiles), dtype=np.uint64)
@@ -170,14 +163,15 @@ def _nms(boxes, scores, idxs, iou_threshold):
     return d_keep[:n_kept] if on_device else d_keep[:n_kept].copy_to_host()
 
 
-def nms(boxes, scores, iou_threshold):
-    """Greedy NMS; (N, 4), (N,) -> (K,) int64 by decreasing score; see ``boxes.nms``."""
-    return _nms(boxes, scores, None, iou_threshold)
+def nms(boxes, order, iou_threshold):
+    """Greedy NMS of (N, 4) boxes visited in ``order`` (``boxes.score_order``);
+    -> (K,) int64 indices by decreasing score; see ``boxes.nms``."""
+    return _nms(boxes, order, None, iou_threshold)
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold):
+def batched_nms(boxes, order, idxs, iou_threshold):
     """NMS within each ``idxs`` category; -> (K,) int64 by decreasing score."""
-    return _nms(boxes, scores, idxs, iou_threshold)
+    return _nms(boxes, order, idxs, iou_threshold)
 
 
 # --- box_decode ---------------------------------------------------------------------
@@ -215,8 +209,8 @@ def box_decode(deltas, anchors, weights, bbox_xform_clip):
     if total:
         wx, wy, ww, wh = (dtype.type(w) for w in weights)
         _decode_kernel[math.ceil(total / _THREADS_1D), _THREADS_1D](
-            _to_device(deltas),
-            _to_device(anchors),
+            to_device(deltas),
+            to_device(anchors),
             wx,
             wy,
             ww,

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from . import is_device_array
+from . import is_device_array, to_device
 
 _TILE = 16
 _THREADS_2D = (16, 16)
@@ -131,14 +131,6 @@ def _grid(cols: int, rows: int):
     return (math.ceil(cols / _THREADS_2D[0]), math.ceil(rows / _THREADS_2D[1]))
 
 
-def _to_device(x, dtype):
-    if is_device_array(x):
-        if np.dtype(x.dtype) != dtype:
-            raise ValueError(f"device array of dtype {x.dtype} where {dtype} is needed")
-        return x
-    return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
-
-
 def _geometry(x_shape, w_shape, stride, padding, dilation):
     n, c, h, w = x_shape
     o, cg, kh, kw = w_shape
@@ -162,11 +154,11 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups):
     """Same contract as ``tinymaskrcnn.nn.conv.conv2d`` (checked arguments, pairs)."""
     on_device = is_device_array(x)
     dtype = np.dtype(x.dtype)
-    d_x = _to_device(x, dtype)
+    d_x = to_device(x, dtype)
     geom = _geometry(x.shape, weight.shape, stride, padding, dilation)
     n, c, h, w, o, cg, kh, kw, ho, wo, pointwise = geom
     k = cg * kh * kw
-    d_w = _to_device(weight, dtype).reshape(groups, o // groups, k)
+    d_w = to_device(weight, dtype).reshape(groups, o // groups, k)
     d_y = cuda.device_array((n, o, ho * wo), dtype=dtype)
     d_cols = None if pointwise else cuda.device_array((c * kh * kw, ho * wo), dtype=dtype)
     for img in range(n):
@@ -175,7 +167,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups):
             d_w, cols.reshape(groups, k, ho * wo), d_y[img].reshape(groups, o // groups, ho * wo)
         )
     if bias is not None and n:
-        d_b = _to_device(bias, dtype)
+        d_b = to_device(bias, dtype)
         _add_bias[_grid(ho * wo, n * o), _THREADS_2D](d_y, d_b)
     d_y = d_y.reshape(n, o, ho, wo)
     return d_y if on_device else d_y.copy_to_host()
@@ -189,9 +181,9 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, inpu
     geom = _geometry(x.shape, weight.shape, stride, padding, dilation)
     n, c, h, w, o, cg, kh, kw, ho, wo, pointwise = geom
     k, og, p = cg * kh * kw, o // groups, ho * wo
-    d_gy = _to_device(grad_out, dtype).reshape(n, o, p)
-    d_x = _to_device(x, dtype)
-    d_w = _to_device(weight, dtype).reshape(groups, og, k)
+    d_gy = to_device(grad_out, dtype).reshape(n, o, p)
+    d_x = to_device(x, dtype)
+    d_w = to_device(weight, dtype).reshape(groups, og, k)
     d_gb = cuda.to_device(np.zeros((1, o, 1), dtype))
     d_ones = cuda.to_device(np.ones((1, p, 1), dtype))
     d_gw = cuda.to_device(np.zeros((groups, og, k), dtype)) if weight_grad else None

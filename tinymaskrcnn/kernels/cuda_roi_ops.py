@@ -5,9 +5,10 @@ neighbouring threads read neighbouring columns of the feature map. The backward
 passes scatter with ``cuda.atomic.add``: many bins of many RoIs share feature cells.
 
 Host wrappers take NumPy arrays (copied in and out) or device arrays (the result then
-stays on the device). The per-RoI geometry is computed on the host by the reference's
-own helpers from a (K, 5) copy of the RoIs, so every backend places its samples from the
-same numbers; coordinates are float64 for that reason.
+stays on the device when the features, or the forward's gradient, are there). The
+per-RoI geometry arrives from ``roi_ops`` on the host, computed by the reference's own
+helpers, so every backend places its samples from the same numbers; coordinates are
+float64 for that reason.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import math
 import numpy as np
 from numba import cuda
 
-from .. import kernels
-from ..roi_ops import _check_rois, roi_align_geometry, roi_pool_bins
-from .numba_roi_ops import bilinear
+from . import is_device_array, to_device
+from .bilinear import bilinear
 
 _bilinear = cuda.jit(device=True)(bilinear)
 _THREADS = 256
@@ -127,16 +127,6 @@ def _roi_pool_backward(grad_out, argmax, batch, grad):
         cuda.atomic.add(grad, (batch[k], c, where // width, where % width), grad_out[k, c, ph, pw])
 
 
-def _to_device(array):
-    return array if kernels.is_device_array(array) else cuda.to_device(np.ascontiguousarray(array))
-
-
-def _host_rois(rois, num_images):
-    if kernels.is_device_array(rois):
-        rois = rois.copy_to_host()
-    return _check_rois(rois, num_images)
-
-
 def _blocks(n):
     return max(1, (n + _THREADS - 1) // _THREADS)
 
@@ -145,73 +135,58 @@ def _finish(result, on_device):
     return result if on_device else result.copy_to_host()
 
 
-def roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned, reduction):
-    on_device = kernels.is_device_array(features)
+def roi_align(features, geometry, output_size, reduction):
+    """RoIAlign of (N, C, H, W) features; ``geometry`` is ``roi_ops.roi_align_geometry``'s
+    seven (K,) host arrays. Returns (K, C, ph, pw) in the features' dtype."""
+    on_device = is_device_array(features)
     n, c, h, w = features.shape
-    rois = _host_rois(rois, n)
-    out = cuda.device_array((len(rois), c, *output_size), features.dtype)
+    out = cuda.device_array((len(geometry[0]), c, *output_size), features.dtype)
     if out.size == 0:
         return _finish(out, on_device)
     if h == 0 or w == 0:
-        out = cuda.to_device(np.zeros(out.shape, features.dtype))
-        return _finish(out, on_device)
-    geometry = [
-        cuda.to_device(a)
-        for a in roi_align_geometry(rois, output_size, spatial_scale, sampling_ratio, aligned)
-    ]
+        return _finish(cuda.to_device(np.zeros(out.shape, features.dtype)), on_device)
     _roi_align_forward[_blocks(out.size), _THREADS](
-        _to_device(features), *geometry, reduction == "max", out
+        to_device(features), *[cuda.to_device(a) for a in geometry], reduction == "max", out
     )
     return _finish(out, on_device)
 
 
-def roi_align_backward(grad_out, rois, features_shape, spatial_scale, sampling_ratio, aligned):
-    on_device = kernels.is_device_array(grad_out)
-    rois = _host_rois(rois, features_shape[0])
+def roi_align_backward(grad_out, geometry, features_shape):
+    """Gradient of average RoIAlign: (K, C, ph, pw) -> (N, C, H, W) in grad_out's dtype."""
+    on_device = is_device_array(grad_out)
     grad = cuda.to_device(np.zeros(features_shape, grad_out.dtype))
     if grad_out.size == 0 or grad.size == 0:
         return _finish(grad, on_device)
-    geometry = [
-        cuda.to_device(a)
-        for a in roi_align_geometry(
-            rois, tuple(grad_out.shape[2:]), spatial_scale, sampling_ratio, aligned
-        )
-    ]
-    _roi_align_backward[_blocks(grad_out.size), _THREADS](_to_device(grad_out), *geometry, grad)
+    _roi_align_backward[_blocks(grad_out.size), _THREADS](
+        to_device(grad_out), *[cuda.to_device(a) for a in geometry], grad
+    )
     return _finish(grad, on_device)
 
 
-def roi_pool(features, rois, output_size, spatial_scale):
-    on_device = kernels.is_device_array(features)
-    n, c, h, w = features.shape
-    rois = _host_rois(rois, n)
-    out = cuda.device_array((len(rois), c, *output_size), features.dtype)
+def roi_pool(features, batch, h_start, h_end, w_start, w_end):
+    """RoIPool over the bins of ``roi_ops.roi_pool_bins``; returns (out, argmax)."""
+    on_device = is_device_array(features)
+    c = features.shape[1]
+    out = cuda.device_array((len(batch), c, h_start.shape[1], w_start.shape[1]), features.dtype)
     argmax = cuda.device_array(out.shape, np.int64)
     if out.size == 0:
         return _finish(out, on_device), _finish(argmax, on_device)
-    bins = roi_pool_bins(rois, output_size, spatial_scale, h, w, np.dtype(features.dtype).type)
-    batch = rois[:, 0].astype(np.int64)
     _roi_pool_forward[_blocks(out.size), _THREADS](
-        _to_device(features),
-        cuda.to_device(batch),
-        *[cuda.to_device(b) for b in bins],
+        to_device(features),
+        *[cuda.to_device(a) for a in (batch, h_start, h_end, w_start, w_end)],
         out,
         argmax,
     )
     return _finish(out, on_device), _finish(argmax, on_device)
 
 
-def roi_pool_backward(grad_out, argmax, rois, features_shape):
-    on_device = kernels.is_device_array(grad_out)
-    rois = _host_rois(rois, features_shape[0])
+def roi_pool_backward(grad_out, argmax, batch, features_shape):
+    """Gradient of RoIPool: each output's gradient to the cell that won its max."""
+    on_device = is_device_array(grad_out)
     grad = cuda.to_device(np.zeros(features_shape, grad_out.dtype))
     if grad_out.size == 0 or grad.size == 0:
         return _finish(grad, on_device)
-    argmax = argmax if kernels.is_device_array(argmax) else np.asarray(argmax, np.int64)
     _roi_pool_backward[_blocks(grad_out.size), _THREADS](
-        _to_device(grad_out),
-        _to_device(argmax),
-        cuda.to_device(rois[:, 0].astype(np.int64)),
-        grad,
+        to_device(grad_out), to_device(argmax, np.int64), cuda.to_device(batch), grad
     )
     return _finish(grad, on_device)

@@ -1,7 +1,7 @@
 """Numba CPU kernels for ``tinymaskrcnn.boxes``: box_iou, nms, batched_nms, box_decode.
 
-Each public function has the signature of the op in ``boxes.py`` and receives arguments
-that ``boxes.py`` has already validated (same floating dtype, finite, x1 <= x2).
+Each public function receives what ``boxes.py`` prepared: validated arrays (same
+floating dtype, finite, x1 <= x2) and, for NMS, the score order to visit boxes in.
 
 Bit-for-bit agreement with the reference matters for NMS (a rounding difference can flip
 a keep/suppress decision), so every kernel computes in the boxes' dtype with the
@@ -16,8 +16,6 @@ import types
 
 import numpy as np
 from numba import njit, prange
-
-from ..boxes import score_order
 
 # Boxes are resolved in blocks of this many (sorted) boxes: each block is first tested in
 # parallel against every box kept so far, then resolved within itself sequentially.
@@ -143,8 +141,7 @@ def _nms_sorted(boxes, labels, use_labels, threshold):
 _nms_sorted_parallel, _nms_sorted_serial = _compile(_nms_sorted)
 
 
-def _run_nms(boxes, scores, labels, use_labels, iou_threshold):
-    order = score_order(scores)
+def _run_nms(boxes, order, labels, use_labels, iou_threshold):
     n = len(order)
     run = _nms_sorted_parallel if n >= _PARALLEL_MIN_NMS else _nms_sorted_serial
     sorted_labels = np.ascontiguousarray(labels[order] if use_labels else labels)
@@ -152,14 +149,15 @@ def _run_nms(boxes, scores, labels, use_labels, iou_threshold):
     return order[kept]
 
 
-def nms(boxes, scores, iou_threshold):
-    """Greedy NMS; (N, 4), (N,) -> (K,) int64 by decreasing score; see ``boxes.nms``."""
-    return _run_nms(boxes, scores, np.zeros(1, np.int64), False, float(iou_threshold))
+def nms(boxes, order, iou_threshold):
+    """Greedy NMS of (N, 4) boxes visited in ``order`` (``boxes.score_order``);
+    -> (K,) int64 indices by decreasing score; see ``boxes.nms``."""
+    return _run_nms(boxes, order, np.zeros(1, np.int64), False, float(iou_threshold))
 
 
-def batched_nms(boxes, scores, idxs, iou_threshold):
+def batched_nms(boxes, order, idxs, iou_threshold):
     """NMS within each ``idxs`` category; -> (K,) int64 by decreasing score."""
-    return _run_nms(boxes, scores, idxs.astype(np.int64), True, float(iou_threshold))
+    return _run_nms(boxes, order, idxs.astype(np.int64), True, float(iou_threshold))
 
 
 def _decode_rows(deltas, anchors, weights, clip, out):

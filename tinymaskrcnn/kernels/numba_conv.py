@@ -10,18 +10,8 @@ plane per parallel iteration -- planes never overlap, so col2im needs no atomics
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 from numba import njit, prange
-
-# Numba's OpenMP workers spin for a while after every parallel kernel; with few cores
-# that steals the CPU from the BLAS threads of the convolution's next matrix product (a
-# backbone training step measured 10x slower on 2 cores). Waiting passively costs nothing
-# measurable. OpenMP reads this when Numba first launches a parallel kernel, so it is set
-# on importing this module (a user's own value wins). torch loads the same libgomp: if it
-# was imported first, its settings stand.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @njit(parallel=True, cache=True)

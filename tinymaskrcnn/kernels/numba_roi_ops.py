@@ -1,8 +1,9 @@
 """Numba CPU kernels for roi_ops.py: RoIAlign and RoIPool, forward and backward.
 
-Same signatures and results as the NumPy reference in ``tinymaskrcnn/roi_ops.py``,
-which also supplies the per-RoI geometry (``roi_align_geometry``, ``roi_pool_bins``)
-so that every backend places its samples and bins from the very same numbers.
+Same results as the NumPy reference in ``tinymaskrcnn/roi_ops.py``, which validates the
+inputs and computes the per-RoI geometry (``roi_align_geometry``, ``roi_pool_bins``)
+that these kernels take, so that every backend places its samples and bins from the
+very same numbers.
 
 Forward work is split over (RoI, block of channels): the sample positions and bilinear
 weights of a RoI are computed once per block and reused for each of its channels.
@@ -21,42 +22,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..roi_ops import roi_align_geometry, roi_pool_bins
-
-
-def bilinear(y, x, height, width):
-    """The four cells around (x, y) and their weights, torchvision's border rules.
-
-    Returns (y_low, y_high, x_low, x_high, w_tl, w_tr, w_bl, w_br); all zero for a point
-    more than one cell outside the map. Plain Python: compiled here for the CPU and by
-    cuda_roi_ops.py as a device function.
-    """
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0
-    if y <= 0.0:
-        y = 0.0
-    if x <= 0.0:
-        x = 0.0
-    y_low = int(y)
-    x_low = int(x)
-    if y_low >= height - 1:
-        y_low = height - 1
-        y_high = height - 1
-        ly = 0.0
-    else:
-        y_high = y_low + 1
-        ly = y - y_low
-    if x_low >= width - 1:
-        x_low = width - 1
-        x_high = width - 1
-        lx = 0.0
-    else:
-        x_high = x_low + 1
-        lx = x - x_low
-    hy = 1.0 - ly
-    hx = 1.0 - lx
-    return y_low, y_high, x_low, x_high, hy * hx, hy * lx, ly * hx, ly * lx
-
+from .bilinear import bilinear
 
 _bilinear = njit(inline="always")(bilinear)
 
@@ -241,16 +207,18 @@ def _roi_pool_backward(grad_out, argmax, batch, grad):
                         plane[b, c, where] += grad_out[k, c, ph, pw]
 
 
-def _raster_order(rois):
-    """RoIs by bands of their centre's y, then x: neighbours in this order overlap.
+def _raster_order(batch, start_x, start_y, bin_w, bin_h, output_size):
+    """RoIs by image, then bands of their centre's y, then x: neighbours in this order overlap.
 
     Consecutive RoIs of one thread then read (or, backward, write) feature cells that
     the previous RoI left in cache; on a (1, 256, 200, 200) map this saves about 10%.
+    The order changes only speed (and, backward, the order of float additions).
     """
-    centre_x = (rois[:, 1] + rois[:, 3]) / 2
-    centre_y = (rois[:, 2] + rois[:, 4]) / 2
-    band = np.floor(centre_y / max(np.ptp(centre_y) / 16, 1e-6)) if len(rois) else centre_y
-    return np.lexsort((centre_x, band, rois[:, 0]))
+    ph, pw = output_size
+    centre_x = start_x + bin_w * (pw / 2)
+    centre_y = start_y + bin_h * (ph / 2)
+    band = np.floor(centre_y / max(np.ptp(centre_y) / 16, 1e-6)) if len(centre_y) else centre_y
+    return np.lexsort((centre_x, band, batch))
 
 
 def _channel_block(tasks_outside, channels, per_thread=4):
@@ -260,14 +228,14 @@ def _channel_block(tasks_outside, channels, per_thread=4):
     return -(-block // 4) * 4
 
 
-def roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned, reduction):
+def roi_align(features, geometry, output_size, reduction):
+    """RoIAlign of (N, C, H, W) features; ``geometry`` is ``roi_ops.roi_align_geometry``'s
+    seven (K,) arrays. Returns (K, C, ph, pw) in the features' dtype."""
     n, c, h, w = features.shape
-    out = np.zeros((len(rois), c, *output_size), features.dtype)
+    batch, sx, sy, bw, bh, gh, gw = geometry
+    out = np.zeros((len(batch), c, *output_size), features.dtype)
     if out.size == 0 or h == 0 or w == 0:
         return out
-    batch, sx, sy, bw, bh, gh, gw = roi_align_geometry(
-        rois, output_size, spatial_scale, sampling_ratio, aligned
-    )
     _roi_align_forward(
         np.ascontiguousarray(features),
         batch,
@@ -277,22 +245,21 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligne
         bh,
         gh,
         gw,
-        _raster_order(rois),
+        _raster_order(batch, sx, sy, bw, bh, output_size),
         reduction == "max",
-        _channel_block(len(rois), c),
+        _channel_block(len(batch), c),
         out,
     )
     return out
 
 
-def roi_align_backward(grad_out, rois, features_shape, spatial_scale, sampling_ratio, aligned):
+def roi_align_backward(grad_out, geometry, features_shape):
+    """Gradient of average RoIAlign: (K, C, ph, pw) -> (N, C, H, W) in grad_out's dtype."""
     n, c, h, w = features_shape
     grad = np.zeros(features_shape, grad_out.dtype)
     if grad_out.size == 0 or grad.size == 0:
         return grad
-    batch, sx, sy, bw, bh, gh, gw = roi_align_geometry(
-        rois, grad_out.shape[2:], spatial_scale, sampling_ratio, aligned
-    )
+    batch, sx, sy, bw, bh, gh, gw = geometry
     _roi_align_backward(
         np.ascontiguousarray(grad_out),
         batch,
@@ -302,34 +269,32 @@ def roi_align_backward(grad_out, rois, features_shape, spatial_scale, sampling_r
         bh,
         gh,
         gw,
-        _raster_order(rois),
+        _raster_order(batch, sx, sy, bw, bh, grad_out.shape[2:]),
         _channel_block(1, c),
         grad,
     )
     return grad
 
 
-def roi_pool(features, rois, output_size, spatial_scale):
+def roi_pool(features, batch, h_start, h_end, w_start, w_end):
+    """RoIPool over the bins of ``roi_ops.roi_pool_bins``; returns (out, argmax)."""
     n, c, h, w = features.shape
-    out = np.zeros((len(rois), c, *output_size), features.dtype)
+    out = np.zeros((len(batch), c, h_start.shape[1], w_start.shape[1]), features.dtype)
     argmax = np.full(out.shape, -1, np.int64)
     if out.size == 0:
         return out, argmax
-    bins = roi_pool_bins(rois, output_size, spatial_scale, h, w, features.dtype.type)
     _roi_pool_forward(
-        np.ascontiguousarray(features), rois[:, 0].astype(np.int64), *bins, out, argmax
+        np.ascontiguousarray(features), batch, h_start, h_end, w_start, w_end, out, argmax
     )
     return out, argmax
 
 
-def roi_pool_backward(grad_out, argmax, rois, features_shape):
+def roi_pool_backward(grad_out, argmax, batch, features_shape):
+    """Gradient of RoIPool: each output's gradient to the cell that won its max."""
     grad = np.zeros(features_shape, grad_out.dtype)
     if grad_out.size == 0 or grad.size == 0:
         return grad
     _roi_pool_backward(
-        np.ascontiguousarray(grad_out),
-        np.ascontiguousarray(argmax, dtype=np.int64),
-        rois[:, 0].astype(np.int64),
-        grad,
+        np.ascontiguousarray(grad_out), np.ascontiguousarray(argmax, dtype=np.int64), batch, grad
     )
     return grad
