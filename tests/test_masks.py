@@ -9,10 +9,10 @@ from tinymaskrcnn.masks import (
     MaskRCNNPredictor,
     expand_boxes,
     mask_loss,
+    mask_probabilities,
     paste_masks_in_image,
     project_masks_on_boxes,
 )
-from tinymaskrcnn.roi_heads import mask_probabilities
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "transform.npz"
 
@@ -54,7 +54,7 @@ def test_no_positive_rois_give_an_empty_target():
 
 
 def test_unknown_mask_loss_names_the_choices():
-    with pytest.raises(ValueError, match="'sigmoid' or 'softmax'"):
+    with pytest.raises(ValueError, match="one of sigmoid, softmax"):
         mask_loss(np.zeros((1, 2, 2, 2)), np.array([1]), np.zeros((1, 2, 2)), "l2")
 
 

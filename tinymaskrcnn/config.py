@@ -24,10 +24,11 @@ import json
 import numbers
 from dataclasses import dataclass
 
+from .losses import MASK_LOSSES
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
 NORM_LAYERS = ("frozen_batch_norm", "batch_norm")
 ROI_OPS = ("align", "pool", "crop_and_resize")
-MASK_LOSSES = ("sigmoid", "softmax")
 
 # ImageNet statistics of torchvision's GeneralizedRCNNTransform (RGB, images in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -163,7 +164,7 @@ class MaskRCNNConfig:
         choice("backbone", BACKBONES)
         choice("norm_layer", NORM_LAYERS)
         choice("roi_op", ROI_OPS)
-        choice("mask_loss", MASK_LOSSES)
+        choice("mask_loss", tuple(MASK_LOSSES))
         if not isinstance(self.num_classes, numbers.Integral) or self.num_classes < 2:
             raise ValueError(
                 f"num_classes must be an integer >= 2 (background + at least one class); "

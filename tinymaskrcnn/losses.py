@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .nn import log_softmax, sigmoid, softmax
+
 REDUCTIONS = ("sum", "mean")
+# torchvision's detection heads (RPN and box head) use smooth L1 with beta = 1/9.
+SMOOTH_L1_BETA = 1.0 / 9
 
 
 def _check_pair(input, target, name_in="input", name_t="target"):
@@ -42,7 +46,7 @@ def _scale(reduction, n):
 # --- smooth L1 (Fast R-CNN Eq. 3, with torchvision's beta) ---------------------------
 
 
-def smooth_l1(input, target, beta: float = 1.0 / 9, reduction: str = "sum") -> float:
+def smooth_l1(input, target, beta: float = SMOOTH_L1_BETA, reduction: str = "sum") -> float:
     """Huber-style box regression loss: 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta.
 
     input, target: (any) float box deltas; d = input - target.
@@ -62,7 +66,7 @@ def smooth_l1(input, target, beta: float = 1.0 / 9, reduction: str = "sum") -> f
     return float(per.sum() * _scale(reduction, per.size))
 
 
-def smooth_l1_backward(input, target, beta=1.0 / 9, reduction="sum", grad_out=1.0):
+def smooth_l1_backward(input, target, beta=SMOOTH_L1_BETA, reduction="sum", grad_out=1.0):
     """d smooth_l1 / d input: d / beta inside the quadratic zone, sign(d) outside."""
     input, target = _check_pair(input, target)
     _check_reduction(reduction)
@@ -75,11 +79,6 @@ def smooth_l1_backward(input, target, beta=1.0 / 9, reduction="sum", grad_out=1.
 
 
 # --- softmax cross-entropy over classes (the box head's classifier) -----------------
-
-
-def _log_softmax(logits, axis):
-    shifted = logits - logits.max(axis=axis, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 def _check_logits_targets(logits, targets):
@@ -107,25 +106,19 @@ def cross_entropy(logits, targets) -> float:
     logits, targets = _check_logits_targets(logits, targets)
     if logits.shape[0] == 0:
         return 0.0
-    logp = _log_softmax(logits, axis=1)
+    logp = log_softmax(logits, axis=1)
     return float(-logp[np.arange(len(targets)), targets].mean())
 
 
 def cross_entropy_backward(logits, targets, grad_out=1.0):
     """(softmax(logits) - one_hot(targets)) / K, shape (K, C)."""
     logits, targets = _check_logits_targets(logits, targets)
-    grad = np.exp(_log_softmax(logits, axis=1))
+    grad = softmax(logits, axis=1)
     grad[np.arange(len(targets)), targets] -= 1
     return (grad * (grad_out / max(len(targets), 1))).astype(logits.dtype, copy=False)
 
 
 # --- binary cross-entropy on logits (RPN objectness, sigmoid mask loss) ---------------
-
-
-def _sigmoid(x):
-    # Split by sign so exp never overflows.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def bce_with_logits(logits, targets, reduction: str = "mean") -> float:
@@ -146,7 +139,7 @@ def bce_with_logits_backward(logits, targets, reduction="mean", grad_out=1.0):
     """(sigmoid(x) - t) / n (mean) or sigmoid(x) - t (sum)."""
     logits, targets = _check_pair(logits, targets, "logits", "targets")
     _check_reduction(reduction)
-    g = (_sigmoid(logits) - targets) * (grad_out * _scale(reduction, logits.size))
+    g = (sigmoid(logits) - targets) * (grad_out * _scale(reduction, logits.size))
     return g.astype(logits.dtype, copy=False)
 
 
@@ -219,7 +212,7 @@ def mask_loss_softmax(mask_logits, labels, mask_targets) -> float:
     if len(labels) == 0:
         return 0.0
     target = _softmax_mask_target(mask_logits, labels, mask_targets)
-    per_pixel = -(target * _log_softmax(mask_logits, axis=1)).sum(axis=1)
+    per_pixel = -(target * log_softmax(mask_logits, axis=1)).sum(axis=1)
     return float(per_pixel.mean())
 
 
@@ -228,10 +221,11 @@ def mask_loss_softmax_backward(mask_logits, labels, mask_targets, grad_out=1.0):
     mask_logits, labels, mask_targets = _check_mask_args(mask_logits, labels, mask_targets)
     k, _, mh, mw = mask_logits.shape
     target = _softmax_mask_target(mask_logits, labels, mask_targets)
-    grad = np.exp(_log_softmax(mask_logits, axis=1)) - target
+    grad = softmax(mask_logits, axis=1) - target
     return (grad * (grad_out / max(k * mh * mw, 1))).astype(mask_logits.dtype, copy=False)
 
 
+# The mask-loss names (MaskRCNNConfig.mask_loss) and their (loss, backward) pairs.
 MASK_LOSSES = {
     "sigmoid": (mask_loss_sigmoid, mask_loss_sigmoid_backward),
     "softmax": (mask_loss_softmax, mask_loss_softmax_backward),

@@ -19,9 +19,8 @@ import numpy as np
 
 from . import nn
 from .losses import MASK_LOSSES
-from .nn import init
+from .nn import init, resize_bilinear, sigmoid, softmax
 from .roi_ops import roi_align
-from .transform import resize_bilinear
 
 # --- head -----------------------------------------------------------------------------
 
@@ -109,12 +108,26 @@ def mask_loss(mask_logits, labels, mask_targets, kind: str = "sigmoid"):
     mask_targets: (K, M, M) float in [0, 1]; kind: "sigmoid" (the paper) or "softmax".
     """
     if kind not in MASK_LOSSES:
-        raise ValueError(f"mask_loss must be 'sigmoid' or 'softmax'; got {kind!r}")
+        raise ValueError(f"mask_loss must be one of {', '.join(MASK_LOSSES)}; got {kind!r}")
     loss, backward = MASK_LOSSES[kind]
     return loss(mask_logits, labels, mask_targets), backward(mask_logits, labels, mask_targets)
 
 
-# --- inference: from 28 x 28 probabilities to full-image masks ------------------------
+# --- inference: from 28 x 28 logits to full-image masks -------------------------------
+
+
+def mask_probabilities(mask_logits, labels, kind="sigmoid"):
+    """Each detection's mask probabilities, read from its predicted class's channel.
+
+    mask_logits: (K, C, M, M) float; labels: (K,) int predicted class of each detection;
+    kind: the mask loss the head was trained with -- "sigmoid" reads the channel alone,
+    "softmax" normalises over the classes first (Table 2b's multinomial masks).
+    Returns (K, 1, M, M) in the logits' dtype, values in [0, 1].
+    """
+    rows = np.arange(len(labels))
+    if kind == "softmax":
+        return softmax(mask_logits, axis=1)[rows, labels][:, None]
+    return sigmoid(mask_logits[rows, labels])[:, None]
 
 
 def expand_boxes(boxes, scale: float) -> np.ndarray:

@@ -22,12 +22,23 @@ import numpy as np
 
 from . import nn
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
-from .losses import cross_entropy, cross_entropy_backward, smooth_l1, smooth_l1_backward
-from .masks import MaskRCNNHeads, MaskRCNNPredictor, mask_loss, project_masks_on_boxes
+from .losses import (
+    SMOOTH_L1_BETA,
+    cross_entropy,
+    cross_entropy_backward,
+    smooth_l1,
+    smooth_l1_backward,
+)
+from .masks import (
+    MaskRCNNHeads,
+    MaskRCNNPredictor,
+    mask_loss,
+    mask_probabilities,
+    project_masks_on_boxes,
+)
 from .matching import BalancedPositiveNegativeSampler, Matcher
 from .roi_ops import MultiScaleRoIAlign, crop_and_resize, roi_pool, roi_pool_backward
 
-SMOOTH_L1_BETA = 1.0 / 9
 MIN_DETECTION_SIZE = 1e-2  # torchvision drops detections thinner than this (pixels)
 
 
@@ -207,8 +218,7 @@ def postprocess_detections(class_logits, box_regression, proposals, image_sizes,
     """
     num_classes = class_logits.shape[1]
     coder = BoxCoder(cfg.bbox_reg_weights)
-    logits = class_logits - class_logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    probs = nn.softmax(class_logits, axis=1)
     counts = [len(p) for p in proposals]
     results, start = [], 0
     for props, count, size in zip(proposals, counts, image_sizes, strict=True):
@@ -231,18 +241,6 @@ def postprocess_detections(class_logits, box_regression, proposals, image_sizes,
             {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep].astype(np.int64)}
         )
     return results
-
-
-def mask_probabilities(mask_logits, labels, kind="sigmoid"):
-    """(K, C, M, M) logits -> (K, 1, M, M) probabilities of each RoI's predicted class."""
-    picked = mask_logits[np.arange(len(labels)), labels]
-    if kind == "softmax":
-        shifted = mask_logits - mask_logits.max(axis=1, keepdims=True)
-        e = np.exp(shifted)
-        picked = (e[np.arange(len(labels)), labels] / e.sum(axis=1)).astype(mask_logits.dtype)
-    else:
-        picked = 1 / (1 + np.exp(-picked))
-    return picked[:, None]
 
 
 # --- the whole RoI stage --------------------------------------------------------------

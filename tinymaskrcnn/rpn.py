@@ -22,14 +22,19 @@ import numpy as np
 from . import nn
 from .anchors import AnchorGenerator
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
-from .losses import bce_with_logits, bce_with_logits_backward, smooth_l1, smooth_l1_backward
+from .losses import (
+    SMOOTH_L1_BETA,
+    bce_with_logits,
+    bce_with_logits_backward,
+    smooth_l1,
+    smooth_l1_backward,
+)
 from .matching import BalancedPositiveNegativeSampler, Matcher
 from .nn import init
 
 # torchvision's constants: boxes thinner than this are dropped before NMS; the smooth L1
 # switch point of both detection heads.
 MIN_PROPOSAL_SIZE = 1e-3
-SMOOTH_L1_BETA = 1.0 / 9
 
 
 class RPNHead(nn.Module):
@@ -147,7 +152,7 @@ def proposal_candidates(objectness, deltas, anchors, num_per_level, image_size, 
     idx = top_n_per_level(objectness, num_per_level, pre_n)
     level = np.repeat(np.arange(len(num_per_level)), num_per_level)[idx]
     boxes = BoxCoder((1.0, 1.0, 1.0, 1.0)).decode(deltas[idx], anchors[idx])
-    scores = 1 / (1 + np.exp(-objectness[idx]))
+    scores = nn.sigmoid(objectness[idx])
     boxes = clip_boxes(boxes, image_size)
     keep = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
     boxes, scores, level = boxes[keep], scores[keep], level[keep]

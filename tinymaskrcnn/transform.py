@@ -25,6 +25,9 @@ import math
 
 import numpy as np
 
+from .masks import paste_masks_in_image
+from .nn import resize_bilinear
+
 # --- checks ---------------------------------------------------------------------------
 
 
@@ -139,35 +142,6 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     return math.floor(height * scale), math.floor(width * scale)
 
 
-def _linear_taps(in_size: int, out_size: int, dtype):
-    # Half-pixel centres (align_corners=False): output pixel o looks at input
-    # coordinate (o + 0.5) * in/out - 0.5, clamped at 0; the right tap stops at the
-    # last pixel. torch computes the scale from the integer sizes (recompute_scale_factor)
-    # and in the image's precision; so do we, so that weights agree to the last bit.
-    scale = dtype(in_size) / dtype(out_size)
-    src = (np.arange(out_size, dtype=dtype) + dtype(0.5)) * scale - dtype(0.5)
-    src = np.maximum(src, dtype(0))
-    low = np.minimum(src.astype(np.int64), in_size - 1)
-    high = np.minimum(low + 1, in_size - 1)
-    frac = np.clip(src - low.astype(dtype), 0, 1).astype(dtype)
-    return low, high, frac
-
-
-def resize_bilinear(image, size) -> np.ndarray:
-    """Bilinear resize of (C, H, W) to (C, h, w) with half-pixel centres, no antialiasing.
-
-    Equals ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
-    """
-    out_h, out_w = size
-    dtype = image.dtype.type if image.dtype == np.float64 else np.float32
-    y0, y1, fy = _linear_taps(image.shape[1], out_h, dtype)
-    x0, x1, fx = _linear_taps(image.shape[2], out_w, dtype)
-    fy = fy[:, None]
-    fx = fx[None, :]
-    rows = image[:, y0] * (1 - fy) + image[:, y1] * fy
-    return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
-
-
 def resize_nearest(masks, size) -> np.ndarray:
     """Nearest resize of (G, H, W) to (G, h, w): output o reads floor(o * in / out).
 
@@ -259,8 +233,6 @@ class Transform:
         Returns the dicts with boxes scaled to (H, W) and masks pasted into
         (D, 1, H, W) full-image float32 probabilities.
         """
-        from .masks import paste_masks_in_image  # masks.py builds on this module's resize
-
         out = []
         for det, size, original in zip(detections, image_sizes, original_sizes, strict=True):
             det = dict(det)

@@ -3,7 +3,8 @@
 Everything a Mask R-CNN needs, named as torch names it: ``Module``, ``Parameter``,
 ``Sequential``, ``ModuleList``, ``Conv2d``, ``ConvTranspose2d``, ``Linear``, ``ReLU``,
 ``MaxPool2d``, ``FrozenBatchNorm2d``, ``BatchNorm2d``, ``SGD``; the functional forms
-with their backwards (``conv2d``, ``max_pool2d``, ``upsample_nearest``, ...); and
+with their backwards (``conv2d``, ``max_pool2d``, ``upsample_nearest``, ...); the one
+stable ``sigmoid`` and ``softmax``; and
 ``init`` for weight initialisation. How forward keeps what backward needs:
 see ``module.py``.
 """
@@ -24,8 +25,12 @@ from .layers import (
     MaxPool2d,
     ReLU,
     bias_add_relu_,
+    log_softmax,
     max_pool2d,
     max_pool2d_backward,
+    resize_bilinear,
+    sigmoid,
+    softmax,
     upsample_nearest,
     upsample_nearest_backward,
 )
@@ -52,9 +57,13 @@ __all__ = [
     "conv_transpose2d_backward",
     "grad_enabled",
     "init",
+    "log_softmax",
     "max_pool2d",
     "max_pool2d_backward",
     "no_grad",
+    "resize_bilinear",
+    "sigmoid",
+    "softmax",
     "upsample_nearest",
     "upsample_nearest_backward",
 ]

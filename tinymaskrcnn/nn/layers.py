@@ -1,4 +1,5 @@
-"""The other layers: linear, ReLU, max pooling, nearest upsampling, batch norms.
+"""The other layers: linear, ReLU, the sigmoid and softmax every stage shares, max
+pooling, nearest upsampling, bilinear resizing, batch norms.
 
 Shapes used below:
     N: images (or RoIs)   C: channels   H, W: input size   Ho, Wo: output size
@@ -79,6 +80,31 @@ class ReLU(Module):
 
     def backward(self, grad_out):
         return grad_out * self._pop()
+
+
+# --- sigmoid and softmax (one stable version each, used by every stage) ------------------
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)) elementwise, in x's dtype, for any x without overflow.
+
+    Split by sign so that exp only ever sees -|x|: exp(-x) for very negative x would
+    overflow to inf (and warn) where the answer is simply 0.
+    """
+    x = np.asarray(x)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def log_softmax(x, axis):
+    """log(softmax(x)) along ``axis``, shifted by the max so no exp overflows."""
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def softmax(x, axis):
+    """exp(x) / sum(exp(x)) along ``axis``, computed as exp(log_softmax): stable."""
+    return np.exp(log_softmax(x, axis))
 
 
 # --- max pooling -----------------------------------------------------------------------
@@ -202,6 +228,40 @@ def upsample_nearest_backward(grad_out, input_hw):
     cols = np.zeros((wo, w), dtype=grad_out.dtype)
     cols[np.arange(wo), nearest_indices(w, wo)] = 1
     return rows.T @ grad_out @ cols
+
+
+# --- bilinear resizing (the transform's images, pasted masks) --------------------------
+
+
+def _linear_taps(in_size: int, out_size: int, dtype):
+    # Half-pixel centres (align_corners=False): output pixel o looks at input
+    # coordinate (o + 0.5) * in/out - 0.5, clamped at 0; the right tap stops at the
+    # last pixel. torch computes the scale from the integer sizes (recompute_scale_factor)
+    # and in the image's precision; so do we, so that weights agree to the last bit.
+    scale = dtype(in_size) / dtype(out_size)
+    src = (np.arange(out_size, dtype=dtype) + dtype(0.5)) * scale - dtype(0.5)
+    src = np.maximum(src, dtype(0))
+    low = np.minimum(src.astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    frac = np.clip(src - low.astype(dtype), 0, 1).astype(dtype)
+    return low, high, frac
+
+
+def resize_bilinear(image, size) -> np.ndarray:
+    """Bilinear resize of (C, H, W) to (C, h, w) with half-pixel centres, no antialiasing.
+
+    Equals ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+    image: (C, H, W) float; size: (h, w). Returns (C, h, w), float64 for float64 input,
+    else float32.
+    """
+    out_h, out_w = size
+    dtype = image.dtype.type if image.dtype == np.float64 else np.float32
+    y0, y1, fy = _linear_taps(image.shape[1], out_h, dtype)
+    x0, x1, fx = _linear_taps(image.shape[2], out_w, dtype)
+    fy = fy[:, None]
+    fx = fx[None, :]
+    rows = image[:, y0] * (1 - fy) + image[:, y1] * fy
+    return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
 
 
 # --- the fused inference epilogue ------------------------------------------------------
