@@ -13,7 +13,7 @@ from tiny_model import tiny_config
 from tinymaskrcnn import nn
 from tinymaskrcnn.config import MaskRCNNConfig
 from tinymaskrcnn.kernels import use_backend
-from tinymaskrcnn.model import LOSS_NAMES, MaskRCNN
+from tinymaskrcnn.model import LOSS_NAMES, STAGES, MaskRCNN
 
 HERE = pathlib.Path(__file__).parent
 _spec = importlib.util.spec_from_file_location("gen_model", HERE / "fixtures" / "gen_model.py")
@@ -130,12 +130,14 @@ def test_whole_model_gradient_matches_central_differences():
         model.rng = np.random.default_rng(7)  # the same samples on every evaluation
         return sum(model([image], [target]).values())
 
-    total_loss()
+    seen = {}
+    model.rng = np.random.default_rng(7)
+    model([image], [target], trace=lambda stage, **arrays: seen.setdefault(stage, arrays))
     model.backward()
     # Proposals are constants to the RoI heads (torchvision detaches them; Faster R-CNN
     # §3.2's approximate joint training): replay the first ones while perturbing, or the
     # differences would also see boxes move.
-    proposals = model.last["proposals"]
+    proposals = seen["proposals"]["boxes"]
     rpn_forward = model.rpn.forward
     model.rpn.forward = lambda *a, **k: (proposals, rpn_forward(*a, **k)[1])
     params = dict(model.named_parameters())
@@ -147,6 +149,56 @@ def test_whole_model_gradient_matches_central_differences():
         for i in np.argsort(-np.abs(grad))[:2]:
             numeric = central_difference(total_loss, p.data, i, h=1e-6)
             assert grad[i] == pytest.approx(numeric, rel=1e-4, abs=1e-7), f"{name}[{i}]"
+
+
+# --- the trace: one route through the model -------------------------------------------
+
+
+def _record(model, *args):
+    calls = []
+    out = model(*args, trace=lambda stage, **arrays: calls.append((stage, arrays)))
+    return out, calls
+
+
+def test_the_trace_reports_every_stage_once_in_order_and_changes_nothing():
+    model = MaskRCNN(tiny_config(box_score_thresh=0.0), rng=np.random.default_rng(3)).eval()
+    image = scene(seed=4)[0]
+    detections, calls = _record(model, [image])
+    stages = [s for s, _ in calls]
+    inference = [s for s in STAGES if s not in ("matching", "losses")]
+    assert stages == inference
+    plain = model([image])
+    np.testing.assert_array_equal(plain[0]["boxes"], detections[0]["boxes"])
+    arrays = dict(calls)
+    assert arrays["masks"]["detections"] is detections
+    (kept,) = arrays["proposals"]["nms_keep"]
+    (candidates,) = arrays["proposal_candidates"]["boxes"]
+    (proposals,) = arrays["proposals"]["boxes"]
+    np.testing.assert_array_equal(candidates[kept[: len(proposals)]], proposals)
+    assert arrays["fpn"]["features"][0].shape[2:] == arrays["backbone"]["features"][0].shape[2:]
+
+
+def test_a_training_trace_adds_matching_and_losses_and_skips_the_detections():
+    model = MaskRCNN(tiny_config(), rng=np.random.default_rng(3))
+    image, target = scene(seed=4)
+    losses, calls = _record(model, [image], [target])
+    stages = [s for s, _ in calls]
+    expected = [s for s in STAGES if s not in ("detections_before_nms", "detections", "masks")]
+    assert stages == expected
+    arrays = dict(calls)
+    assert arrays["losses"] == losses
+    (labels,) = arrays["matching"]["labels"]
+    assert labels.shape == (len(arrays["anchors"]["anchors"]),) and (labels == 1).any()
+    model.backward()
+
+
+def test_training_stages_refuse_to_sample_without_a_generator():
+    model = MaskRCNN(tiny_config(), rng=np.random.default_rng(0))
+    image, target = scene(seed=4)
+    batch, sizes, targets = model.transform([image], [target])
+    features = model.backbone(batch)
+    with pytest.raises(ValueError, match="np.random.Generator"):
+        model.rpn(features, sizes, batch.shape[2:], targets)
 
 
 # --- invariants ---------------------------------------------------------------------
@@ -174,10 +226,11 @@ def test_detections_lie_inside_the_image_sorted_by_score_and_at_most_n(tiny_eval
 
 def test_proposals_lie_inside_the_resized_image_and_are_at_most_post_nms_top_n(tiny_eval_model):
     model = tiny_eval_model
-    model([scene(seed=1)[0]])
-    (h, w) = model.last["image_sizes"][0]
-    (proposals,) = model.last["proposals"]
-    scores = model.rpn.last["proposal_scores"][0]
+    seen = {}
+    model([scene(seed=1)[0]], trace=lambda stage, **arrays: seen.setdefault(stage, arrays))
+    (h, w) = seen["transform"]["image_sizes"][0]
+    (proposals,) = seen["proposals"]["boxes"]
+    (scores,) = seen["proposals"]["scores"]
     assert 0 < len(proposals) <= model.cfg.rpn_post_nms_top_n_test
     assert np.all(proposals[:, [0, 2]] >= 0) and np.all(proposals[:, [0, 2]] <= w)
     assert np.all(proposals[:, [1, 3]] >= 0) and np.all(proposals[:, [1, 3]] <= h)

@@ -9,13 +9,11 @@ from tinymaskrcnn.config import MaskRCNNConfig
 from tinymaskrcnn.model import MaskRCNN
 from tinymaskrcnn.roi_heads import (
     FastRCNNPredictor,
-    MultiScaleRoIPool,
     TwoMLPHead,
     fastrcnn_loss,
     postprocess_detections,
     sample_proposals,
 )
-from tinymaskrcnn.roi_ops import roi_pool
 
 CFG = MaskRCNNConfig.shapes(box_batch_size_per_image=8, box_positive_fraction=0.25)
 
@@ -129,18 +127,6 @@ def test_detections_are_clipped_sorted_thresholded_and_never_background(seed, k)
 
 
 # --- the RoI-operator ablation --------------------------------------------------------
-
-
-def test_roipool_reader_equals_roi_pool_on_the_level_of_each_box():
-    rng = np.random.default_rng(0)
-    features = [rng.normal(size=(1, 2, 32 // 2**i, 32 // 2**i)) for i in range(4)]
-    boxes = [np.array([[4, 4, 20, 28.0], [1, 1, 120, 100.0]])]
-    reader = MultiScaleRoIPool(7, op="pool")
-    out = reader(features, boxes, [(128, 128)])
-    for j, level in enumerate(reader.levels(boxes[0])):
-        rois = np.concatenate([[0.0], boxes[0][j]])[None]
-        expected, _ = roi_pool(features[level], rois, 7, reader.scales[level])
-        np.testing.assert_array_equal(out[j], expected[0])
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tinymaskrcnn import nn
 from tinymaskrcnn.kernels import use_backend
 from tinymaskrcnn.roi_ops import (
+    MultiScaleRoI,
     MultiScaleRoIAlign,
     bilinear_neighbours,
     crop_and_resize,
@@ -353,11 +355,12 @@ def test_roi_pool_backward_matches_central_differences():
     )
 
 
-def test_multiscale_roi_align_backward_matches_central_differences():
+@pytest.mark.parametrize("op", ["align", "pool"])
+def test_multiscale_roi_backward_matches_central_differences(op):
     rng = np.random.default_rng(8)
     features = [rng.normal(size=(1, 2, 32 // s, 32 // s)) for s in (4, 8)]
     boxes = [np.array([[1.0, 2.0, 9.0, 12.0], [3.0, 1.0, 30.0, 29.0]])]
-    pooler = MultiScaleRoIAlign(2, sampling_ratio=2, canonical_scale=16, canonical_level=3)
+    pooler = MultiScaleRoI(2, op, sampling_ratio=2, canonical_scale=16, canonical_level=3)
     out = pooler(features, boxes, [(32, 32)])
     assert pooler.levels(boxes).tolist() == [0, 1]
     grad_out = rng.normal(size=out.shape)
@@ -365,12 +368,49 @@ def test_multiscale_roi_align_backward_matches_central_differences():
     for level in range(2):
 
         def forward(f, level=level):
-            return pooler(
-                [f if i == level else g for i, g in enumerate(features)], boxes, [(32, 32)]
-            )
+            with nn.no_grad():
+                return pooler(
+                    [f if i == level else g for i, g in enumerate(features)], boxes, [(32, 32)]
+                )
 
         numerical = _numerical_gradient(forward, features[level], grad_out)
         np.testing.assert_allclose(grads[level], numerical, rtol=1e-6, atol=1e-8)
+
+
+def test_multiscale_roi_keeps_state_on_the_module_stack_and_forget_clears_it():
+    features = [np.random.default_rng(0).normal(size=(1, 2, 8, 8))]
+    pooler = MultiScaleRoI(2, "pool")
+    pooler([f for f in features], [np.array([[0.0, 0, 4, 4]])], [(32, 32)])
+    assert len(pooler._saved) == 1
+    pooler.forget()
+    with pytest.raises(RuntimeError, match="no forward to match"):
+        pooler.backward(np.zeros((1, 2, 2, 2)))
+    pooler.eval()([f for f in features], [np.array([[0.0, 0, 4, 4]])], [(32, 32)])
+    assert pooler._saved == []
+
+
+def test_multiscale_crop_and_resize_has_no_backward_and_says_so():
+    pooler = MultiScaleRoI(2, "crop_and_resize")
+    pooler([np.zeros((1, 1, 8, 8))], [np.array([[0.0, 0, 4, 4]])], [(32, 32)])
+    with pytest.raises(NotImplementedError, match="train with 'align' or 'pool'"):
+        pooler.backward(np.zeros((1, 1, 2, 2)))
+
+
+def test_multiscale_roi_rejects_an_unknown_op():
+    with pytest.raises(ValueError, match="op must be one of align, pool, crop_and_resize"):
+        MultiScaleRoI(7, "bilinear")
+
+
+def test_roipool_reader_equals_roi_pool_on_the_level_of_each_box():
+    rng = np.random.default_rng(0)
+    features = [rng.normal(size=(1, 2, 32 // 2**i, 32 // 2**i)) for i in range(4)]
+    boxes = [np.array([[4, 4, 20, 28.0], [1, 1, 120, 100.0]])]
+    reader = MultiScaleRoI(7, "pool")
+    out = reader(features, boxes, [(128, 128)])
+    for j, level in enumerate(reader.levels(boxes[0])):
+        rois = np.concatenate([[0.0], boxes[0][j]])[None]
+        expected, _ = roi_pool(features[level], rois, 7, reader.scales[level])
+        np.testing.assert_array_equal(out[j], expected[0])
 
 
 # --- MultiScaleRoIAlign ------------------------------------------------------------

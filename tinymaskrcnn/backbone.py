@@ -177,7 +177,7 @@ class ResNet(nn.Module):
             raise ValueError(f"norm must be 'frozen' or 'batch'; got {norm!r}")
         if width <= 0:
             raise ValueError(f"width must be positive; got {width}")
-        rng = np.random.default_rng() if rng is None else rng
+        rng = init.generator(rng)
         kind, blocks, groups, base_width = ARCHITECTURES[arch]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.arch, self.trainable_layers = arch, int(trainable_layers)

@@ -25,10 +25,10 @@ import numbers
 from dataclasses import dataclass
 
 from .losses import MASK_LOSSES
+from .roi_ops import ROI_OPS
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d")
 NORM_LAYERS = ("frozen_batch_norm", "batch_norm")
-ROI_OPS = ("align", "pool", "crop_and_resize")
 
 # ImageNet statistics of torchvision's GeneralizedRCNNTransform (RGB, images in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

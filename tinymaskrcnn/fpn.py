@@ -68,7 +68,7 @@ class FeaturePyramidNetwork(nn.Module):
 
     def __init__(self, in_channels_list, out_channels=256, rng=None):
         super().__init__()
-        rng = np.random.default_rng() if rng is None else rng
+        rng = init.generator(rng)
         self.in_channels_list = [int(c) for c in in_channels_list]
         self.out_channels = int(out_channels)
         self.inner_blocks = nn.ModuleList(
@@ -150,9 +150,17 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(body.out_channels, out_channels, rng=rng)
         self.out_channels = int(out_channels)
 
-    def forward(self, x):
-        """x: (N, 3, H, W) float32 normalised images -> [P2..P6] (N, D, H/4.., W/4..)."""
-        return self.fpn(self.body(x))
+    def forward(self, x, trace=None):
+        """x: (N, 3, H, W) float32 normalised images -> [P2..P6] (N, D, H/4.., W/4..).
+
+        trace: as MaskRCNN.forward's; receives "backbone" (C2..C5) and "fpn" (P2..P6).
+        """
+        trace = trace or (lambda stage, **arrays: None)
+        c = self.body(x)
+        trace("backbone", features=c)
+        p = self.fpn(c)
+        trace("fpn", features=p)
+        return p
 
     def backward(self, grads):
         """grads of [P2..P6] -> gradient of the image, or None when conv1 is frozen."""
@@ -173,7 +181,7 @@ def resnet_fpn_backbone(
     arch: "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnext101_32x8d".
     The remaining arguments are ResNet's and the FPN's (see there).
     """
-    rng = np.random.default_rng() if rng is None else rng
+    rng = init.generator(rng)
     body = ResNet(
         arch,
         width=width,

@@ -42,7 +42,7 @@ class MaskRCNNHeads(nn.Sequential):
     """
 
     def __init__(self, in_channels, layers=(256, 256, 256, 256), dilation=1, rng=None):
-        rng = np.random.default_rng() if rng is None else rng
+        rng = init.generator(rng)
         blocks, channels = [], in_channels
         for out_channels in layers:
             blocks.append(_conv_relu(channels, out_channels, dilation, rng))
@@ -62,7 +62,7 @@ class MaskRCNNPredictor(nn.Module):
 
     def __init__(self, in_channels, dim_reduced, num_classes, rng=None):
         super().__init__()
-        rng = np.random.default_rng() if rng is None else rng
+        rng = init.generator(rng)
         self.conv5_mask = nn.ConvTranspose2d(in_channels, dim_reduced, 2, stride=2, rng=rng)
         self.relu = nn.ReLU()
         self.mask_fcn_logits = nn.Conv2d(dim_reduced, num_classes, 1, rng=rng)

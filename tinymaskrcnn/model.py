@@ -28,15 +28,40 @@ from .transform import Transform, check_images
 from .weights import drop_unused_counters, load_checkpoint, save_checkpoint, upgrade_state_dict
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+
+# The stage boundaries ``forward(..., trace=...)`` reports, in order, and what each passes
+# (lists hold one entry per image; frames as in docs/architecture.md, Stage map):
+STAGES = {
+    "transform": "batch (N, 3, Hp, Wp), image_sizes [(h, w)], original_sizes [(H, W)], "
+    "targets (training: resized frame) or None",
+    "backbone": "features [C2..C5] (N, C_l, H_l, W_l)",
+    "fpn": "features [P2..P6] (N, D, H_l, W_l)",
+    "anchors": "anchors (M, 4), num_per_level [L ints], strides [(sh, sw)]",
+    "rpn_head": "objectness (N, M) logits, deltas (N, M, 4)",
+    "proposal_candidates": "boxes [(Q, 4)], scores [(Q,)], levels [(Q,)]: before NMS",
+    "proposals": "boxes [(P, 4)], scores [(P,)], nms_keep [(Q',)] indices of the candidates "
+    "NMS kept, before the top-n cut",
+    "matching": "training only: anchors (M, 4), labels [(M,)] 1/0/-1, positive [(M,)] and "
+    "negative [(M,)] masks of the sampled anchors",
+    "roi_features": "rois [(K_i, 4)], features (K, D, S, S), labels (K,) and matched "
+    "[(K_i,)] in training (else None)",
+    "box_head": "class_logits (K, C), box_regression (K, 4C)",
+    "detections_before_nms": "inference only: boxes [(E, 4)], scores [(E,)], labels [(E,)]",
+    "detections": "inference only: detections [dict boxes (D, 4), scores, labels], resized frame",
+    "mask_logits": "mask_logits (K', C, M, M), boxes [(K'_i, 4)], labels (K',) "
+    "(and targets (K', M, M) in training)",
+    "masks": "inference only: detections [dict ... masks (D, 1, H, W)], original frame",
+    "losses": "training only: the five losses (floats)",
+}
 PRETRAINED = {"shapes": "shapes.safetensors"}
 
 
 class MaskRCNN(nn.Module):
     """Mask R-CNN with torchvision's structure and parameter names.
 
-    cfg: MaskRCNNConfig. rng: np.random.Generator for the initial weights; it is also
-    the default source of the samplers' randomness in training (set ``model.rng`` to
-    reseed, as the gradient checks do).
+    cfg: MaskRCNNConfig. rng: the model's one np.random.Generator (None: seeded with 0):
+    it draws the initial weights, then every sample the RPN and RoI heads take in
+    training (set ``model.rng`` to reseed, as the gradient checks do).
 
     ``model(images, targets)`` in train mode (the default) -> dict of the five losses
     (floats); ``model.backward()`` accumulates the parameters' gradients.
@@ -47,12 +72,15 @@ class MaskRCNN(nn.Module):
     images: list of N (3, H, W) float arrays, RGB in [0, 1] (sizes may differ).
     targets: list of N dicts: boxes (G, 4) float x1y1x2y2 pixels, labels (G,) int in
     [1, num_classes), masks (G, H, W) uint8 in {0, 1}. G = 0 trains as background.
+    trace: None, or a function ``trace(stage, **arrays)`` called once per call at each
+    stage boundary, in the order of ``STAGES`` (see there for what each passes); what
+    it receives is the model's own arrays, not copies: read, don't write.
     """
 
     def __init__(self, cfg: MaskRCNNConfig | None = None, rng=None):
         super().__init__()
         cfg = MaskRCNNConfig() if cfg is None else cfg
-        rng = np.random.default_rng() if rng is None else rng
+        rng = nn.init.generator(rng)
         self.cfg = cfg
         self.rng = rng
         self.transform = Transform(cfg)
@@ -71,7 +99,7 @@ class MaskRCNN(nn.Module):
 
     # --- forward and backward ------------------------------------------------------
 
-    def forward(self, images, targets=None):
+    def forward(self, images, targets=None, trace=None):
         images = check_images(images)
         training = self.training
         if training and targets is None:
@@ -79,29 +107,41 @@ class MaskRCNN(nn.Module):
                 "in training mode the model needs targets (a list of dicts with boxes, "
                 "labels and masks); call model.eval() for detections"
             )
+        trace = trace or (lambda stage, **arrays: None)
         self.forget()  # anything kept by a forward whose backward never ran
         self._ready_for_backward = False
         dtype = self.backbone.body.conv1.weight.data.dtype
         images = [im.astype(dtype, copy=False) for im in images]
         original_sizes = [tuple(im.shape[1:]) for im in images]
-        batch, image_sizes, targets = self.transform(images, targets if training else None)
-        features = self.backbone(batch)
+        batch, image_sizes, targets = self.transform(
+            images, targets if training else None, checked=True
+        )
+        trace(
+            "transform",
+            batch=batch,
+            image_sizes=image_sizes,
+            original_sizes=original_sizes,
+            targets=targets,
+        )
+        features = self.backbone(batch, trace=trace)
         proposals, rpn_losses = self.rpn(
-            features, image_sizes, batch.shape[2:], targets, rng=self.rng
+            features, image_sizes, batch.shape[2:], targets, rng=self.rng, trace=trace
         )
         # P6 only serves the RPN's largest anchors; the RoI heads read P2..P5.
         detections, head_losses = self.roi_heads(
-            features[:4], proposals, image_sizes, targets, rng=self.rng
+            features[:4], proposals, image_sizes, targets, rng=self.rng, trace=trace
         )
-        self.last = {"batch": batch, "image_sizes": image_sizes, "proposals": proposals}
         if training:
             self._ready_for_backward = True
             losses = {**rpn_losses, **head_losses}
-            return {name: losses[name] for name in LOSS_NAMES}
+            losses = {name: losses[name] for name in LOSS_NAMES}
+            trace("losses", **losses)
+            return losses
         detections = self.transform.postprocess(detections, image_sizes, original_sizes)
         for det in detections:
             det["boxes"] = det["boxes"].astype(np.float32)
             det["scores"] = det["scores"].astype(np.float32)
+        trace("masks", detections=detections)
         return detections
 
     def backward(self):

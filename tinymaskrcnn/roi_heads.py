@@ -37,81 +37,10 @@ from .masks import (
     project_masks_on_boxes,
 )
 from .matching import BalancedPositiveNegativeSampler, Matcher
-from .roi_ops import MultiScaleRoIAlign, crop_and_resize, roi_pool, roi_pool_backward
+from .nn import init
+from .roi_ops import MultiScaleRoI
 
 MIN_DETECTION_SIZE = 1e-2  # torchvision drops detections thinner than this (pixels)
-
-
-# --- reading RoI features from the pyramid --------------------------------------------
-
-
-class MultiScaleRoIPool(MultiScaleRoIAlign):
-    """The same level mapping as MultiScaleRoIAlign with another RoI operator.
-
-    op: "pool" (RoIPool, Fast R-CNN's quantised max; with backward) or "crop_and_resize"
-    (TensorFlow's, corners sampled directly; inference only). For the RoI-operator
-    ablation (Mask R-CNN Table 2c).
-    """
-
-    def __init__(self, output_size, op="pool", **kwargs):
-        super().__init__(output_size, **kwargs)
-        if op not in ("pool", "crop_and_resize"):
-            raise ValueError(f"op must be 'pool' or 'crop_and_resize'; got {op!r}")
-        self.op = op
-
-    def __call__(self, features, boxes, image_sizes):
-        n, c = features[0].shape[:2]
-        dtype = features[0].dtype
-        rois = np.concatenate(
-            [np.zeros((0, 5), dtype)]
-            + [
-                np.concatenate([np.full((len(b), 1), i, dtype), np.asarray(b, dtype)], axis=1)
-                for i, b in enumerate(boxes)
-            ]
-        )
-        self.setup_scales([f.shape for f in features], image_sizes)
-        level = self.levels(rois[:, 1:])
-        out = np.zeros((len(rois), c, *self.output_size), dtype)
-        argmaxes = {}
-        for l, (f, scale) in enumerate(zip(features, self.scales, strict=True)):
-            chosen = np.flatnonzero(level == l)
-            if not chosen.size:
-                continue
-            if self.op == "pool":
-                out[chosen], argmaxes[l] = roi_pool(f, rois[chosen], self.output_size, scale)
-            else:
-                # Feature-map coordinates with cell centres at integers (like aligned=False),
-                # normalised so that 0 and 1 are the first and last cells' centres.
-                h, w = f.shape[2:]
-                norm = rois[chosen].copy()
-                norm[:, [1, 3]] *= scale / max(w - 1, 1)
-                norm[:, [2, 4]] *= scale / max(h - 1, 1)
-                out[chosen] = crop_and_resize(f, norm, self.output_size)
-        self._saved = (rois, level, [tuple(f.shape) for f in features], argmaxes)
-        return out
-
-    def backward(self, grad_out):
-        if self.op != "pool":
-            raise NotImplementedError(
-                "roi_op='crop_and_resize' is for inference comparisons; "
-                "train with 'align' or 'pool'"
-            )
-        rois, level, shapes, argmaxes = self._saved
-        grads = []
-        for l, shape in enumerate(shapes):
-            chosen = np.flatnonzero(level == l)
-            if chosen.size:
-                grads.append(roi_pool_backward(grad_out[chosen], argmaxes[l], rois[chosen], shape))
-            else:
-                grads.append(np.zeros(shape, grad_out.dtype))
-        return grads
-
-
-def roi_feature_reader(cfg, output_size):
-    """The RoI operator the config asks for, on P2..P5 (sampling_ratio for RoIAlign)."""
-    if cfg.roi_op == "align":
-        return MultiScaleRoIAlign(output_size, sampling_ratio=cfg.roi_sampling_ratio)
-    return MultiScaleRoIPool(output_size, op=cfg.roi_op)
 
 
 # --- box head -------------------------------------------------------------------------
@@ -208,19 +137,21 @@ def fastrcnn_loss(class_logits, box_regression, labels, regression_targets):
 # --- inference ------------------------------------------------------------------------
 
 
-def postprocess_detections(class_logits, box_regression, proposals, image_sizes, cfg):
+def postprocess_detections(class_logits, box_regression, proposals, image_sizes, cfg, trace=None):
     """Scores, per-class boxes, thresholds and per-class NMS: the detections of each image.
 
     class_logits: (K, C); box_regression: (K, 4C); proposals: list of N (K_i, 4);
     image_sizes: N (h, w) resized sizes. Returns a list of N dicts with boxes (D, 4)
     float (resized-image pixels), scores (D,) in (box_score_thresh, 1], labels (D,)
     int64 in [1, C); sorted by decreasing score; D <= box_detections_per_img.
+    trace: as MaskRCNN.forward's; receives "detections_before_nms", the candidates of
+    each image that NMS then thins (lists of N boxes, scores, labels).
     """
     num_classes = class_logits.shape[1]
     coder = BoxCoder(cfg.bbox_reg_weights)
     probs = nn.softmax(class_logits, axis=1)
     counts = [len(p) for p in proposals]
-    results, start = [], 0
+    candidates, start = [], 0
     for props, count, size in zip(proposals, counts, image_sizes, strict=True):
         stop = start + count
         boxes = coder.decode(box_regression[start:stop], props).reshape(count, num_classes, 4)
@@ -235,11 +166,18 @@ def postprocess_detections(class_logits, box_regression, proposals, image_sizes,
         keep = np.flatnonzero(scores > cfg.box_score_thresh)
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         keep = remove_small_boxes(boxes, MIN_DETECTION_SIZE)
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, cfg.box_nms_thresh)[: cfg.box_detections_per_img]
-        results.append(
-            {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep].astype(np.int64)}
+        candidates.append((boxes[keep], scores[keep], labels[keep].astype(np.int64)))
+    if trace is not None:
+        trace(
+            "detections_before_nms",
+            boxes=[c[0] for c in candidates],
+            scores=[c[1] for c in candidates],
+            labels=[c[2] for c in candidates],
         )
+    results = []
+    for boxes, scores, labels in candidates:
+        keep = batched_nms(boxes, scores, labels, cfg.box_nms_thresh)[: cfg.box_detections_per_img]
+        results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
     return results
 
 
@@ -249,19 +187,24 @@ def postprocess_detections(class_logits, box_regression, proposals, image_sizes,
 class RoIHeads(nn.Module):
     """Box branch and mask branch on the proposals of the RPN.
 
-    ``heads(features, proposals, image_sizes, targets=None, rng=None)`` returns
-    ``(detections, losses)``: detections a list of N dicts (boxes, labels, scores, and
-    masks (D, 1, M, M) probabilities) at inference, losses the dict of loss_classifier,
-    loss_box_reg and loss_mask in training. ``backward()`` returns the gradients of the
-    L = 4 feature maps P2..P5.
+    ``heads(features, proposals, image_sizes, targets=None, rng=None, trace=None)``
+    returns ``(detections, losses)``: detections a list of N dicts (boxes, labels,
+    scores, and masks (D, 1, M, M) probabilities) at inference, losses the dict of
+    loss_classifier, loss_box_reg and loss_mask in training. Its losses are computed
+    inside forward, so ``backward()`` takes no upstream gradient: it returns the
+    gradients of their sum w.r.t. the L = 4 feature maps P2..P5.
     """
 
     def __init__(self, cfg, in_channels, rng=None):
         super().__init__()
-        rng = np.random.default_rng() if rng is None else rng
+        rng = init.generator(rng)
         self.cfg = cfg
-        self.box_roi_pool = roi_feature_reader(cfg, cfg.box_roi_output_size)
-        self.mask_roi_pool = roi_feature_reader(cfg, cfg.mask_roi_output_size)
+        self.box_roi_pool = MultiScaleRoI(
+            cfg.box_roi_output_size, cfg.roi_op, cfg.roi_sampling_ratio
+        )
+        self.mask_roi_pool = MultiScaleRoI(
+            cfg.mask_roi_output_size, cfg.roi_op, cfg.roi_sampling_ratio
+        )
         size = cfg.box_roi_output_size
         self.box_head = TwoMLPHead(in_channels * size * size, cfg.box_representation_size, rng)
         self.box_predictor = FastRCNNPredictor(cfg.box_representation_size, cfg.num_classes, rng)
@@ -269,16 +212,21 @@ class RoIHeads(nn.Module):
         self.mask_predictor = MaskRCNNPredictor(
             cfg.mask_layers[-1], cfg.mask_layers[-1], cfg.num_classes, rng
         )
-        self._grads = None
-        self.last = {}
 
-    def forward(self, features, proposals, image_sizes, targets=None, rng=None):
+    def forward(self, features, proposals, image_sizes, targets=None, rng=None, trace=None):
         """features: [P2..P5] (N, F, Hl, Wl); proposals: N (P_i, 4); image_sizes: N (h, w);
-        targets: N dicts with boxes (G, 4), labels (G,), masks (G, h, w), resized frame."""
+        targets: N dicts with boxes (G, 4), labels (G,), masks (G, h, w), resized frame;
+        rng: the np.random.Generator of the RoI sampler (training);
+        trace: as MaskRCNN.forward's."""
         cfg = self.cfg
+        trace = trace or (lambda stage, **arrays: None)
         training = self.training and targets is not None
+        labels = matched = None
         if training:
-            rng = np.random.default_rng() if rng is None else rng
+            if rng is None:
+                raise ValueError(
+                    "RoIHeads needs rng, a np.random.Generator, to sample RoIs in training"
+                )
             sampled = [
                 sample_proposals(p, t["boxes"], t["labels"], cfg, rng)
                 for p, t in zip(proposals, targets, strict=True)
@@ -287,22 +235,46 @@ class RoIHeads(nn.Module):
             labels = np.concatenate([s[1] for s in sampled])
             matched = [s[2] for s in sampled]
         box_features = self.box_roi_pool(features, proposals, image_sizes)
+        trace("roi_features", rois=proposals, features=box_features, labels=labels, matched=matched)
         class_logits, box_regression = self.box_predictor(self.box_head(box_features))
-        self.last = {"proposals": proposals}
+        trace("box_head", class_logits=class_logits, box_regression=box_regression)
         if not training:
-            detections = postprocess_detections(
-                class_logits, box_regression, proposals, image_sizes, cfg
+            return self._detect(
+                features, class_logits, box_regression, proposals, image_sizes, trace
             )
-            boxes = [d["boxes"] for d in detections]
-            labels = np.concatenate([d["labels"] for d in detections])
-            mask_logits = self._mask_logits(features, boxes, image_sizes)
-            probs = mask_probabilities(mask_logits, labels, cfg.mask_loss)
-            start = 0
-            for d in detections:
-                d["masks"] = probs[start : start + len(d["boxes"])]
-                start += len(d["boxes"])
-            return detections, {}
+        sampled = (proposals, labels, matched)
+        losses, grads = self._losses(
+            features, image_sizes, targets, sampled, (class_logits, box_regression), trace
+        )
+        self._save(*grads)
+        return None, losses
 
+    def _detect(self, features, class_logits, box_regression, proposals, image_sizes, trace):
+        """Inference: the detections, then the mask head on their boxes."""
+        detections = postprocess_detections(
+            class_logits, box_regression, proposals, image_sizes, self.cfg, trace
+        )
+        trace("detections", detections=detections)
+        boxes = [d["boxes"] for d in detections]
+        labels = np.concatenate([d["labels"] for d in detections])
+        mask_logits = self._mask_logits(features, boxes, image_sizes)
+        trace("mask_logits", mask_logits=mask_logits, boxes=boxes, labels=labels)
+        probs = mask_probabilities(mask_logits, labels, self.cfg.mask_loss)
+        start = 0
+        for d in detections:
+            d["masks"] = probs[start : start + len(d["boxes"])]
+            start += len(d["boxes"])
+        return detections, {}
+
+    def _losses(self, features, image_sizes, targets, sampled, outputs, trace):
+        """Training: the three losses and their gradients w.r.t. the heads' outputs.
+
+        sampled: (RoIs per image, labels (K,), matched gt per image) of sample_proposals;
+        outputs: the box predictor's (class_logits (K, C), box_regression (K, 4C)).
+        """
+        cfg = self.cfg
+        proposals, labels, matched = sampled
+        class_logits, box_regression = outputs
         # Box branch: encode each positive RoI's gt box against it.
         coder = BoxCoder(cfg.bbox_reg_weights)
         reg_targets = np.zeros((len(labels), 4), box_regression.dtype)
@@ -332,13 +304,17 @@ class RoIHeads(nn.Module):
             )
             start = stop
         mask_logits = self._mask_logits(features, mask_rois, image_sizes)
-        loss_mask, g_mask = mask_loss(
-            mask_logits, np.concatenate(mask_labels), np.concatenate(mask_targets), cfg.mask_loss
+        mask_labels, mask_targets = np.concatenate(mask_labels), np.concatenate(mask_targets)
+        trace(
+            "mask_logits",
+            mask_logits=mask_logits,
+            boxes=mask_rois,
+            labels=mask_labels,
+            targets=mask_targets,
         )
-        self._grads = (g_cls, g_box, g_mask)
-        self.last.update({"labels": labels, "mask_rois": mask_rois, "mask_targets": mask_targets})
+        loss_mask, g_mask = mask_loss(mask_logits, mask_labels, mask_targets, cfg.mask_loss)
         losses = {"loss_classifier": loss_cls, "loss_box_reg": loss_box, "loss_mask": loss_mask}
-        return None, losses
+        return losses, (g_cls, g_box, g_mask)
 
     def _mask_logits(self, features, boxes, image_sizes):
         if sum(len(b) for b in boxes) == 0:  # no positives / no detections: nothing to run
@@ -349,10 +325,7 @@ class RoIHeads(nn.Module):
 
     def backward(self):
         """Gradient of (loss_classifier + loss_box_reg + loss_mask) w.r.t. [P2..P5]."""
-        if self._grads is None:
-            raise RuntimeError("RoIHeads.backward needs a training forward first")
-        g_cls, g_box, g_mask = self._grads
-        self._grads = None
+        g_cls, g_box, g_mask = self._pop()
         g = self.box_head.backward(self.box_predictor.backward(g_cls, g_box))
         grads = self.box_roi_pool.backward(g)
         if len(g_mask):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from . import kernels, nn
 
 # --- argument checks shared by every op -------------------------------------------
 
@@ -447,39 +447,53 @@ def crop_and_resize(features, rois, crop_size, extrapolation_value=0.0):
     return out
 
 
-# --- MultiScaleRoIAlign (FPN §4.2) --------------------------------------------------
+# --- MultiScaleRoI: each box from its pyramid level (FPN §4.2) ----------------------
+
+ROI_OPS = ("align", "pool", "crop_and_resize")
 
 
-class MultiScaleRoIAlign:
-    """RoIAlign on the pyramid level that suits each box's size (FPN paper, eq. 1).
+class MultiScaleRoI(nn.Module):
+    """An RoI operator on the pyramid level that suits each box's size (FPN paper, eq. 1).
+
+    op: "align" (RoIAlign, aligned=False as torchvision's MultiScaleRoIAlign), "pool"
+    (RoIPool, Fast R-CNN's quantised max) or "crop_and_resize" (TensorFlow's; inference
+    only: it has no backward). The last two are the RoI-operator ablation (Table 2c).
 
     A box of side sqrt(w h) = canonical_scale (224, ImageNet's size) goes to
     ``canonical_level`` (4, P4); each halving of its side moves it one level finer:
     ``k = floor(canonical_level + log2(sqrt(area) / canonical_scale) + 1e-6)``,
     clamped to the levels given. Each level's scale is inferred as
     ``2 ** round(log2(feature_size / image_size))`` from the largest image of the batch,
-    as torchvision does. RoIAlign runs with ``aligned=False``, torchvision's default.
-
-    Calling it keeps what ``backward`` needs (the RoIs of each level), like an nn layer.
+    as torchvision does. Like every nn layer, a training forward keeps what its
+    ``backward`` needs on the saved-tensor stack.
     """
 
-    def __init__(self, output_size, sampling_ratio=2, canonical_scale=224, canonical_level=4):
+    def __init__(
+        self, output_size, op="align", sampling_ratio=2, canonical_scale=224, canonical_level=4
+    ):
+        super().__init__()
+        if op not in ROI_OPS:
+            raise ValueError(f"op must be one of {', '.join(ROI_OPS)}; got {op!r}")
+        self.op = op
         self.output_size = _check_output_size(output_size)
         self.sampling_ratio = int(sampling_ratio)
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
-        self.scales = None  # per level, set up from the first call's shapes
-        self._saved = None
+        self.scales = None  # per level, set up from the last call's shapes
+
+    def extra_repr(self) -> str:
+        return (
+            f"op={self.op!r}, output_size={self.output_size}, sampling_ratio={self.sampling_ratio}"
+        )
 
     def setup_scales(self, feature_shapes, image_sizes):
         """Infer each level's spatial scale and the level range from the shapes.
 
         feature_shapes: list of L (N, C, H_l, W_l) finest first; image_sizes: list of (h, w).
         """
+        # torchvision infers the scale from the height of the largest image alone, in
+        # float32; round is half-to-even there as in NumPy.
         max_h = max(int(s[0]) for s in image_sizes)
-        max_w = max(int(s[1]) for s in image_sizes)
-        del max_w  # torchvision infers the scale from the height alone
-        # float32 as in torchvision; round is half-to-even there as in NumPy.
         self.scales = [
             float(2.0 ** np.round(np.log2(np.float32(shape[-2] / max_h))))
             for shape in feature_shapes
@@ -496,7 +510,7 @@ class MultiScaleRoIAlign:
         """
         if self.scales is None:
             raise ValueError(
-                "MultiScaleRoIAlign.levels needs the pyramid's scales: call the layer "
+                "MultiScaleRoI.levels needs the pyramid's scales: call the layer "
                 "or setup_scales(feature_shapes, image_sizes) first"
             )
         if isinstance(boxes, list | tuple):
@@ -516,7 +530,7 @@ class MultiScaleRoIAlign:
         k = np.nan_to_num(k, nan=self.k_min, neginf=self.k_min)
         return (np.clip(k, self.k_min, self.k_max) - self.k_min).astype(np.int64)
 
-    def __call__(self, features, boxes, image_sizes):
+    def forward(self, features, boxes, image_sizes):
         """Pool every box from its level.
 
         features: list of L (N, C, H_l, W_l) float32/float64 maps, finest first.
@@ -524,54 +538,87 @@ class MultiScaleRoIAlign:
         image_sizes: list of N (h, w), the (resized) input images.
         Returns (sum K_i, C, ph, pw), boxes in image order.
         """
-        if not isinstance(features, list | tuple) or len(features) == 0:
-            raise ValueError("features must be a non-empty list of (N, C, H_l, W_l) maps")
-        features = [_check_features(f, f"features[{i}]") for i, f in enumerate(features)]
-        n, c = features[0].shape[:2]
-        if len(boxes) != n or len(image_sizes) != n:
-            raise ValueError(
-                f"boxes and image_sizes must have one entry per image ({n}); "
-                f"got {len(boxes)} and {len(image_sizes)}"
-            )
-        dtype = features[0].dtype
-        boxes = [np.asarray(b, dtype) for b in boxes]
-        for i, b in enumerate(boxes):
-            if b.size == 0:
-                boxes[i] = b.reshape(0, 4)
-            elif b.ndim != 2 or b.shape[1] != 4:
-                raise ValueError(f"boxes[{i}] must be (K_i, 4) x1, y1, x2, y2; got {b.shape}")
-        rois = np.concatenate(
-            [
-                np.concatenate([np.full((len(b), 1), i, dtype), b], axis=1)
-                for i, b in enumerate(boxes)
-            ]
-        )
+        features, rois = self._check(features, boxes, image_sizes)
         self.setup_scales([f.shape for f in features], image_sizes)
         level = self.levels(rois[:, 1:])
-        out = np.zeros((len(rois), c, *self.output_size), dtype)
+        out = np.zeros((len(rois), features[0].shape[1], *self.output_size), features[0].dtype)
+        argmaxes = {}
         for l, (f, scale) in enumerate(zip(features, self.scales, strict=True)):
             chosen = np.flatnonzero(level == l)
-            if chosen.size:
+            if not chosen.size:
+                continue
+            if self.op == "align":
                 out[chosen] = roi_align(
                     f, rois[chosen], self.output_size, scale, self.sampling_ratio, aligned=False
                 )
-        self._saved = (rois, level, [tuple(f.shape) for f in features])
+            elif self.op == "pool":
+                out[chosen], argmaxes[l] = roi_pool(f, rois[chosen], self.output_size, scale)
+            else:
+                out[chosen] = crop_and_resize(
+                    f, _normalised(rois[chosen], scale, f.shape), self.output_size
+                )
+        self._save(rois, level, [tuple(f.shape) for f in features], list(self.scales), argmaxes)
         return out
 
     def backward(self, grad_out):
         """grad_out (sum K_i, C, ph, pw) -> list of L grad_features, one per level."""
-        if self._saved is None:
-            raise ValueError("MultiScaleRoIAlign.backward needs a forward call first")
-        rois, level, shapes = self._saved
+        if self.op == "crop_and_resize":
+            raise NotImplementedError(
+                "roi_op='crop_and_resize' is for inference comparisons (Table 2c); "
+                "train with 'align' or 'pool'"
+            )
+        rois, level, shapes, scales, argmaxes = self._pop()
         grads = []
-        for l, (shape, scale) in enumerate(zip(shapes, self.scales, strict=True)):
+        for l, (shape, scale) in enumerate(zip(shapes, scales, strict=True)):
             chosen = np.flatnonzero(level == l)
-            if chosen.size:
+            if not chosen.size:
+                grads.append(np.zeros(shape, grad_out.dtype))
+            elif self.op == "align":
                 grads.append(
                     roi_align_backward(
                         grad_out[chosen], rois[chosen], shape, scale, self.sampling_ratio
                     )
                 )
             else:
-                grads.append(np.zeros(shape, grad_out.dtype))
+                grads.append(roi_pool_backward(grad_out[chosen], argmaxes[l], rois[chosen], shape))
         return grads
+
+    def _check(self, features, boxes, image_sizes):
+        """Checked features and the (K, 5) RoIs of all images, in the features' dtype."""
+        if not isinstance(features, list | tuple) or len(features) == 0:
+            raise ValueError("features must be a non-empty list of (N, C, H_l, W_l) maps")
+        features = [_check_features(f, f"features[{i}]") for i, f in enumerate(features)]
+        n, dtype = features[0].shape[0], features[0].dtype
+        if len(boxes) != n or len(image_sizes) != n:
+            raise ValueError(
+                f"boxes and image_sizes must have one entry per image ({n}); "
+                f"got {len(boxes)} and {len(image_sizes)}"
+            )
+        rois = [np.zeros((0, 5), dtype)]
+        for i, b in enumerate(boxes):
+            b = np.asarray(b, dtype)
+            b = b.reshape(0, 4) if b.size == 0 else b
+            if b.ndim != 2 or b.shape[1] != 4:
+                raise ValueError(f"boxes[{i}] must be (K_i, 4) x1, y1, x2, y2; got {b.shape}")
+            rois.append(np.concatenate([np.full((len(b), 1), i, dtype), b], axis=1))
+        return features, np.concatenate(rois)
+
+
+def _normalised(rois, scale, shape):
+    """(K, 5) image-pixel RoIs -> crop_and_resize's normalised corners on one level.
+
+    Feature-map coordinates with cell centres at integers (like aligned=False),
+    normalised so that 0 and 1 are the first and last cells' centres.
+    """
+    h, w = shape[2:]
+    norm = rois.copy()
+    norm[:, [1, 3]] *= scale / max(w - 1, 1)
+    norm[:, [2, 4]] *= scale / max(h - 1, 1)
+    return norm
+
+
+class MultiScaleRoIAlign(MultiScaleRoI):
+    """``MultiScaleRoI(op="align")``, under torchvision's name."""
+
+    def __init__(self, output_size, sampling_ratio=2, canonical_scale=224, canonical_level=4):
+        super().__init__(output_size, "align", sampling_ratio, canonical_scale, canonical_level)

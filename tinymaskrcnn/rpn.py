@@ -48,7 +48,7 @@ class RPNHead(nn.Module):
 
     def __init__(self, in_channels, num_anchors, rng=None):
         super().__init__()
-        rng = np.random.default_rng() if rng is None else rng
+        rng = init.generator(rng)
         conv = nn.Conv2d(in_channels, in_channels, 3, padding=1, rng=rng)
         self.conv = nn.Sequential(nn.Sequential(conv, nn.ReLU()))
         self.cls_logits = nn.Conv2d(in_channels, num_anchors, 1, rng=rng)
@@ -243,11 +243,11 @@ def rpn_losses(objectness, deltas, anchors, targets, cfg, rng):
 class RegionProposalNetwork(nn.Module):
     """Head + anchors + proposal selection + (in training) losses and their backward.
 
-    ``rpn(features, image_sizes, padded_size, targets=None, rng=None)`` returns
-    ``(proposals, losses)``: proposals a list of N (P, 4) arrays (resized-image pixels,
-    by decreasing objectness), losses a dict (empty unless training with targets).
-    ``backward()`` returns the gradient of each of the L feature maps, from the losses
-    with weight 1 (the total loss is their sum).
+    ``rpn(features, image_sizes, padded_size, targets=None, rng=None, trace=None)``
+    returns ``(proposals, losses)``: proposals a list of N (P, 4) arrays (resized-image
+    pixels, by decreasing objectness), losses a dict (empty unless training with
+    targets). Its losses are computed inside forward, so ``backward()`` takes no
+    upstream gradient: it returns the gradient of their sum w.r.t. each of the L maps.
     """
 
     def __init__(self, cfg, in_channels, rng=None):
@@ -255,48 +255,58 @@ class RegionProposalNetwork(nn.Module):
         self.cfg = cfg
         self.anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.aspect_ratios)
         self.head = RPNHead(in_channels, cfg.num_anchors_per_location, rng=rng)
-        self._grads = None
-        self.last = {}  # what the last call computed, for tutorials and tests
 
-    def forward(self, features, image_sizes, padded_size, targets=None, rng=None):
+    def forward(self, features, image_sizes, padded_size, targets=None, rng=None, trace=None):
         """features: list of L (N, D, Hl, Wl); image_sizes: N (h, w) before padding;
         padded_size: (Hp, Wp) of the batch (anchors tile it); targets: list of N dicts
-        with "boxes" (G, 4) in resized-image pixels, or None."""
+        with "boxes" (G, 4) in resized-image pixels, or None; rng: the
+        np.random.Generator of the anchor sampler (training); trace: as
+        MaskRCNN.forward's."""
         cfg = self.cfg
-        objectness_maps, delta_maps = self.head(features)
+        trace = trace or (lambda stage, **arrays: None)
         feature_sizes = [f.shape[2:] for f in features]
-        dtype = features[0].dtype
-        anchors = self.anchor_generator(padded_size, feature_sizes).astype(dtype)
-        num_per_level = [int(np.prod(o.shape[1:])) for o in objectness_maps]
+        per_level = self.anchor_generator.generate(padded_size, feature_sizes)
+        num_per_level = [len(a) for a in per_level]
+        anchors = np.concatenate(per_level).astype(features[0].dtype)
+        trace(
+            "anchors",
+            anchors=anchors,
+            num_per_level=num_per_level,
+            strides=self.anchor_generator.strides(padded_size, feature_sizes),
+        )
+        objectness_maps, delta_maps = self.head(features)
         objectness, deltas = flatten_predictions(objectness_maps, delta_maps)
-        proposals, scores = [], []
-        for i, size in enumerate(image_sizes):
-            boxes, s = select_proposals(
-                objectness[i], deltas[i], anchors, num_per_level, size, cfg, self.training
+        trace("rpn_head", objectness=objectness, deltas=deltas)
+        candidates = [
+            proposal_candidates(o, d, anchors, num_per_level, size, cfg, self.training)
+            for o, d, size in zip(objectness, deltas, image_sizes, strict=True)
+        ]
+        boxes, scores, levels = (list(c) for c in zip(*candidates, strict=True))
+        trace("proposal_candidates", boxes=boxes, scores=scores, levels=levels)
+        post_n = cfg.rpn_post_nms_top_n_train if self.training else cfg.rpn_post_nms_top_n_test
+        # NMS within each level only: boxes of different scales do not suppress each other.
+        keep = [
+            batched_nms(b, s, lv, cfg.rpn_nms_thresh)
+            for b, s, lv in zip(boxes, scores, levels, strict=True)
+        ]
+        proposals = [b[k[:post_n]] for b, k in zip(boxes, keep, strict=True)]
+        scores = [s[k[:post_n]] for s, k in zip(scores, keep, strict=True)]
+        trace("proposals", boxes=proposals, scores=scores, nms_keep=keep)
+        if not (self.training and targets is not None):
+            return proposals, {}
+        if rng is None:
+            raise ValueError(
+                "the RPN needs rng, a np.random.Generator, to sample anchors in training"
             )
-            proposals.append(boxes)
-            scores.append(s)
-        self.last = {
-            "anchors": anchors,
-            "num_per_level": num_per_level,
-            "objectness": objectness,
-            "proposal_scores": scores,
-        }
-        losses = {}
-        if self.training and targets is not None:
-            rng = np.random.default_rng() if rng is None else rng
-            losses, grad_obj, grad_del, info = rpn_losses(
-                objectness, deltas, anchors, targets, cfg, rng
-            )
-            self.last.update(info)
-            self._grads = (grad_obj, grad_del, [o.shape for o in objectness_maps])
+        losses, grad_obj, grad_del, info = rpn_losses(
+            objectness, deltas, anchors, targets, cfg, rng
+        )
+        trace("matching", anchors=anchors, **info)
+        self._save(grad_obj, grad_del, [o.shape for o in objectness_maps])
         return proposals, losses
 
     def backward(self):
         """Gradient of (loss_objectness + loss_rpn_box_reg) w.r.t. each feature map."""
-        if self._grads is None:
-            raise RuntimeError("RegionProposalNetwork.backward needs a training forward first")
-        grad_obj, grad_del, shapes = self._grads
-        self._grads = None
+        grad_obj, grad_del, shapes = self._pop()
         g_obj, g_del = unflatten_gradients(grad_obj, grad_del, shapes)
         return self.head.backward(g_obj, g_del)

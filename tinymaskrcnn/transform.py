@@ -205,8 +205,10 @@ class Transform:
         self.size_divisible = cfg.size_divisible
         self.num_classes = cfg.num_classes
 
-    def __call__(self, images, targets=None):
-        images = check_images(images)
+    def __call__(self, images, targets=None, checked=False):
+        """checked: the images already passed ``check_images`` (the model checks them
+        before casting them to its dtype), so they are not checked twice."""
+        images = images if checked else check_images(images)
         original_sizes = [im.shape[1:] for im in images]
         if targets is not None:
             targets = check_targets(targets, original_sizes, self.num_classes)

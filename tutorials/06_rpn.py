@@ -85,14 +85,15 @@ def run_rpn(model, image):
             if isinstance(module, nn.BatchNorm2d):
                 module.train()
     batch, sizes, _ = model.transform([image])
+    # The RPN reports its stages to a trace: keep what it saw.
+    seen = {}
     with nn.no_grad():
         features = model.backbone(batch)
-    model.rpn(features, sizes, batch.shape[2:])
-    last = model.rpn.last
-    # deltas are not kept by the RPN: recompute them from the head
-    from tinymaskrcnn.rpn import flatten_predictions
-
-    objectness, deltas = flatten_predictions(*model.rpn.head(features))
+        model.rpn(
+            features, sizes, batch.shape[2:], trace=lambda stage, **a: seen.setdefault(stage, a)
+        )
+    objectness, deltas = seen["rpn_head"]["objectness"], seen["rpn_head"]["deltas"]
+    last = seen["anchors"]
     shapes = [f.shape[2:] for f in features]
     return batch, sizes[0], last["anchors"], objectness[0], deltas[0], last["num_per_level"], shapes
 

@@ -409,7 +409,7 @@ class _ConvLayer(Module):
                 f"groups={groups} must divide in_channels={in_channels} and "
                 f"out_channels={out_channels}"
             )
-        rng = np.random.default_rng() if rng is None else rng
+        rng = init.generator(rng)
         kh, kw = _pair(kernel_size, "kernel_size")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size = (kh, kw)

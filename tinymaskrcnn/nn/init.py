@@ -16,6 +16,19 @@ import numpy as np
 _SQRT5 = math.sqrt(5.0)
 
 
+def generator(rng=None) -> np.random.Generator:
+    """``rng`` itself, or for None a generator seeded with 0.
+
+    Layers built without a generator thus get the same weights on every run: nothing in
+    the package draws from an unseeded source. Pass your own to get other draws.
+    """
+    if rng is None:
+        return np.random.default_rng(0)
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a np.random.Generator (or None); got {type(rng).__name__}")
+    return rng
+
+
 def fans(shape) -> tuple[int, int]:
     """(fan_in, fan_out) of a weight of ``shape`` (at least 2-D)."""
     if len(shape) < 2:

@@ -34,7 +34,7 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True, rng=None):
         super().__init__()
-        rng = np.random.default_rng() if rng is None else rng
+        rng = init.generator(rng)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.weight = Parameter(init.kaiming_uniform((out_features, in_features), rng))
         self.bias = (
