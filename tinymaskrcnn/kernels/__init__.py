@@ -1,4 +1,5 @@
-"""The one dispatch point between the NumPy reference and the fast kernels (design §6).
+"""The one dispatch point between the NumPy reference and the fast kernels
+(docs/architecture.md, Backends and dispatch).
 
 Every stage module computes with plain NumPy. An op that also has a fast version asks
 this module for it by the op's reference name::
