@@ -1,6 +1,7 @@
 """Time RoIAlign and RoIPool, forward and backward, on every backend and torchvision.
 
-    python benchmarks/roi_ops.py              # design §10 sizes: 1000 RoIs on (1,256,200,200)
+    python benchmarks/roi_ops.py              # 1000 RoIs on (1,256,200,200), the sizes of
+                                              # docs/architecture.md, Benchmarks
     python benchmarks/roi_ops.py --quick      # 200 RoIs on (1,64,100,100)
     python benchmarks/roi_ops.py --cuda       # add the CUDA backend (needs a real GPU)
 

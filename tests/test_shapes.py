@@ -1,4 +1,5 @@
-"""The synthetic shapes dataset: rasterisation, the spec of design §8, determinism."""
+"""The synthetic shapes dataset: rasterisation, the spec (docs/architecture.md, Data),
+determinism."""
 
 import numpy as np
 import pytest

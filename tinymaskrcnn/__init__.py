@@ -1,6 +1,7 @@
 """tinymaskrcnn: Mask R-CNN from scratch in readable NumPy, with Numba kernels for speed.
 
-The stages, in the order the data flows through them (design §2):
+The stages, in the order the data flows through them
+(docs/architecture.md, Stage map and data flow):
 transform -> backbone -> fpn -> anchors / rpn -> roi_ops -> roi_heads -> masks -> losses.
 """
 

@@ -9,7 +9,8 @@ Shapes used below:
     Hl, Wl: feature-map size of level l
     The anchors of level l are (Hl * Wl * A, 4) x1, y1, x2, y2 in image pixels.
 
-Order (design §3): level by level, then location-major (row by row, then column), then
+Order (docs/architecture.md, Anchors): level by level, then location-major (row by row,
+then column), then
 the A anchors of one cell with the aspect ratio as the outer loop. The RPN head's outputs
 are flattened the same way, so anchor i, objectness i and deltas i belong together.
 """

@@ -2,7 +2,7 @@
 
 Faster R-CNN §3.1.2 (box parametrisation, eq. 2) and the NMS every detector since uses.
 Boxes are x1, y1, x2, y2 in absolute pixels of whatever frame the caller is in
-(design §3); width is ``x2 - x1`` with no ``+1``.
+(docs/architecture.md, Boxes and box coding); width is ``x2 - x1`` with no ``+1``.
 
 Shapes used below:
     N, M: boxes             k: boxes decoded per anchor (classes of the box head)

@@ -1,4 +1,4 @@
-"""The ``tinymaskrcnn`` command line (design §9).
+"""The ``tinymaskrcnn`` command line (docs/architecture.md, Command line).
 
     tinymaskrcnn tour [--out DIR] [--backend NAME|all] [--seed N] [--image-size PX]
     tinymaskrcnn train [--config shapes] [--steps N] [--out RUN] [--resume] [--set F=V] ...

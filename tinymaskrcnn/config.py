@@ -57,7 +57,7 @@ class MaskRCNNConfig:
         mask_layers: output channels of the mask head's 3x3 convolutions (4 x 256).
         mask_dilation: dilation of those convolutions (1).
 
-    Transform (input normalisation and resizing, design §5)
+    Transform (input normalisation and resizing, docs/architecture.md, Transform)
         min_size, max_size: resize so the short side is ``min_size`` unless the long
             side would exceed ``max_size``.
         image_mean, image_std: per-channel normalisation, RGB in [0, 1].
@@ -280,7 +280,8 @@ class MaskRCNNConfig:
 
     @classmethod
     def shapes(cls, **overrides) -> MaskRCNNConfig:
-        """A small model for the 128x128 synthetic shapes (design §8), trainable on a CPU.
+        """A small model for the 128x128 synthetic shapes (docs/architecture.md, Data),
+        trainable on a CPU.
 
         ResNet-18 at a quarter of the width (C2..C5 with 16..128 channels), trained from
         scratch with batch norm (no pretrained weights exist for it, so every stage

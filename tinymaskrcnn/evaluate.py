@@ -1,4 +1,5 @@
-"""COCO mean average precision of a model's detections, boxes and masks (design §8).
+"""COCO mean average precision of a model's detections, boxes and masks
+(docs/architecture.md, Training).
 
 The numbers every Mask R-CNN paper reports (Mask R-CNN, Table 1) come from pycocotools'
 COCOeval: for each class, detections are ranked by score and matched greedily to
@@ -37,7 +38,8 @@ _SUMMARY = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 def evaluate(predictions, dataset, iou_types=IOU_TYPES, verbose=False):
     """Score ``predictions`` against ``dataset`` with COCOeval.
 
-    predictions: list of N dicts, the model's eval output (design §4), predictions[i]
+    predictions: list of N dicts, the model's eval output
+        (docs/architecture.md, Stage map and data flow), predictions[i]
         for dataset[i]: "boxes" (D, 4) x1y1x2y2 pixels of the dataset's image,
         "labels" (D,) int (dataset labels), "scores" (D,) float, and for "segm"
         "masks" (D, 1, H, W) float32 probabilities.

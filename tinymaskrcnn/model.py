@@ -1,4 +1,5 @@
-"""Mask R-CNN: the stages wired together (He et al., 2017, Fig. 1; design §4).
+"""Mask R-CNN: the stages wired together (He et al., 2017, Fig. 1;
+docs/architecture.md, Stage map and data flow).
 
     images -> transform -> backbone (ResNet + FPN) -> RPN -> RoI heads (box, mask)
            -> transform.postprocess -> detections

@@ -5,7 +5,7 @@ ph x pw bins. RoIPool rounds the RoI to the feature grid and rounds every bin bo
 again before taking a max; RoIAlign keeps the fractions and reads the map by bilinear
 interpolation at regularly spaced sample points, which is what lets the mask head of
 Mask R-CNN align pixels (paper §3, Table 2c). The semantics are torchvision's
-(design §5); tutorial 04 draws both.
+(docs/architecture.md, RoI operators); tutorial 04 draws both.
 
 Shapes used below:
     N: images       C: channels       H, W: feature-map height and width
@@ -117,7 +117,8 @@ def roi_align_geometry(rois, output_size, spatial_scale=1.0, sampling_ratio=-1, 
     """
     ph, pw = output_size
     # Samples live in cell-index units (cell centres at integers): a pixel-frame
-    # coordinate x is x - 0.5 there, which aligned=True applies (design §3). The legacy
+    # coordinate x is x - 0.5 there, which aligned=True applies
+    # (docs/architecture.md, Frames and pixels). The legacy
     # mode skips the shift and instead forces every RoI to be at least 1 cell wide.
     offset = 0.5 if aligned else 0.0
     start_x = rois[:, 1] * spatial_scale - offset
@@ -147,7 +148,7 @@ def roi_align_sampling_points(
     Returns a list of K float64 arrays (ph, pw, gh, gw, 2); gh, gw may differ per RoI
     when ``sampling_ratio <= 0`` (adaptive). These are the points ``roi_align`` reads,
     in cell-index units: a point at (j, i) reads cell (i, j) alone, so the pixel frame
-    of design §3 is these coordinates + 0.5.
+    (docs/architecture.md, Frames and pixels) is these coordinates + 0.5.
     """
     rois = _check_rois(rois, np.inf)
     output_size = _check_output_size(output_size)
@@ -180,7 +181,7 @@ def bilinear_neighbours(points, height, width):
     Returns ``index`` (..., 4) int64 flat cell indices y * width + x and ``weight``
     (..., 4) float64, ordered (top-left, top-right, bottom-left, bottom-right).
     A point more than one cell outside the map reads nothing (weights 0); one on the
-    border strip reads the edge cells (torchvision's rules, design §5).
+    border strip reads the edge cells (torchvision's rules, docs/architecture.md, RoI operators).
     """
     x, y = points[..., 0], points[..., 1]
     inside = (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)

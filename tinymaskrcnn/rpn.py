@@ -10,7 +10,8 @@ removes tiny and low-scoring ones, runs NMS per level, and keeps the top N per i
 Shapes used below:
     N: images in the batch        A: anchors per feature-map location (3)
     L: pyramid levels (P2..P6)    Hl, Wl: height and width of level l
-    M: anchors over all levels    (sum over l of Hl * Wl * A), design §3 order
+    M: anchors over all levels    (sum over l of Hl * Wl * A), in the order of
+                                  docs/architecture.md, Anchors
     G: ground-truth boxes of one image        P: proposals of one image
     D: channels of the pyramid (256)
 """
@@ -89,7 +90,8 @@ class RPNHead(nn.Module):
 
 
 def flatten_predictions(objectness, deltas):
-    """Per-level maps -> (N, M) logits and (N, M, 4) deltas in anchor order (design §3).
+    """Per-level maps -> (N, M) logits and (N, M, 4) deltas in anchor order
+    (docs/architecture.md, Anchors).
 
     Within a level: location-major (row, then column), then the A anchors of the cell.
     """

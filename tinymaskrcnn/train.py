@@ -1,4 +1,5 @@
-"""Training: SGD over batches, checkpoints that resume bit for bit, a CSV log (design §8).
+"""Training: SGD over batches, checkpoints that resume bit for bit, a CSV log
+(docs/architecture.md, Training).
 
 The recipe is torchvision's detection recipe (Mask R-CNN §3.1): SGD with momentum 0.9
 and weight decay 1e-4, a linear warm-up, then the learning rate divided by 10 at each

@@ -1,6 +1,7 @@
 """Images in, a padded batch out; detections back in the original images' pixels.
 
-The first and last step of the model (torchvision's GeneralizedRCNNTransform, design §5):
+The first and last step of the model (torchvision's GeneralizedRCNNTransform;
+docs/architecture.md, Transform):
 
 1. check every image and target, naming the image and the field that is wrong;
 2. normalise with the ImageNet mean and std (the backbone was trained on those);

@@ -33,7 +33,8 @@ _RATIO_STYLES = ("--", "-", ":", "-.")
 
 
 def show_image(ax, image, title=None, dim=0.0):
-    """Draw an image with pixel (i, j) covering [j, j+1) x [i, i+1) (design §3).
+    """Draw an image with pixel (i, j) covering [j, j+1) x [i, i+1)
+    (docs/architecture.md, Frames and pixels).
 
     image: (3, H, W) or (H, W, 3) float in [0, 1]. dim: blend towards white (0 to 1) so
     that boxes drawn on top stand out.
@@ -371,7 +372,8 @@ def plot_nms(image, boxes, scores, keep, iou_threshold, gt_boxes=None):
 # --- RoIPool vs RoIAlign (tutorial 04) ---------------------------------------------
 # These plots work in RoIAlign's cell-index frame: cell (i, j) is a unit square centred
 # on (x=j, y=i), which is where roi_align_sampling_points puts a sample that reads that
-# cell alone. A box in the pixel frame of design §3 is drawn shifted by -0.5.
+# cell alone. A box in the pixel frame (docs/architecture.md, Frames and pixels) is drawn
+# shifted by -0.5.
 
 _BIN_COLOURS = (
     "tab:blue",

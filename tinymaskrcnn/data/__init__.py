@@ -4,7 +4,7 @@ and batching with horizontal flips (data/batching.py).
 Every dataset here is indexable, ``ds[i] -> (image, target)``, with
 image (3, H, W) float32 RGB in [0, 1] and target {"boxes": (G, 4) float32 x1y1x2y2
 pixels, "labels": (G,) int64, "masks": (G, H, W) uint8} — the model's input format
-(design §4).
+(docs/architecture.md, Stage map and data flow).
 """
 
 from .batching import flip_horizontal, iterate_batches

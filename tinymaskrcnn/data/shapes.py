@@ -1,7 +1,7 @@
 """The synthetic shapes dataset: squares, circles and triangles on a plain background.
 
 A toy detection and segmentation task small enough to train a Mask R-CNN on a laptop
-(design §8; the same idea as the "shapes" sample of the matterport Keras
+(docs/architecture.md, Data; the same idea as the "shapes" sample of the matterport Keras
 implementation), yet with everything the real task has: several objects per image,
 classes, boxes, and masks that overlap.
 
@@ -9,7 +9,7 @@ Shapes used below:
     H, W: image height and width (default 128 x 128)
     G:    shapes kept in one image (1 to 4)
 
-The specification (design §8), with the choices it leaves open made here:
+The specification (docs/architecture.md, Data), with the choices it leaves open made here:
 
 * Classes 1 square, 2 circle, 3 triangle (0 is background): ``CLASSES``.
 * A background of one random colour; each shape one random colour that differs from
@@ -33,7 +33,8 @@ The specification (design §8), with the choices it leaves open made here:
   person nor a model could tell what it was. Dropping only uncovers pixels of the
   shapes below, so one pass suffices, and the top shape is never dropped: G >= 1.
 * Boxes are the tight boxes of the visible masks (x1, y1 of the first pixel, x2, y2 one
-  past the last: pixel (i, j) covers [j, j+1) x [i, i+1), design §3).
+  past the last: pixel (i, j) covers [j, j+1) x [i, i+1),
+  docs/architecture.md, Frames and pixels).
 * Rasterisation without antialiasing: a pixel belongs to a shape when its centre
   (j + 0.5, i + 0.5) lies inside, so pixels and masks agree exactly.
 * Image i is drawn from ``np.random.default_rng([seed, i])``: ``ds[i]`` does not depend
@@ -203,7 +204,8 @@ def masks_to_boxes(masks):
 
     masks: (G, H, W) bool or {0, 1}; every mask must have at least one pixel.
     Returns (G, 4) float32 x1y1x2y2 pixels: x1, y1 the first pixel's corner, x2, y2 one
-    past the last pixel (design §3: width = x2 - x1 = number of columns touched).
+    past the last pixel (docs/architecture.md, Frames and pixels: width = x2 - x1 =
+    number of columns touched).
     """
     masks = np.asarray(masks)
     boxes = np.zeros((masks.shape[0], 4), np.float32)

@@ -297,7 +297,7 @@ class FrozenBatchNorm2d(Module):
     Detection fine-tunes with batches of 2 images, too few for batch statistics, so the
     ImageNet ones are frozen (torchvision's FrozenBatchNorm2d). All four arrays are
     buffers: saved and loaded, never trained. eps is 1e-5 by default; torchvision's COCO
-    Mask R-CNN v1 weights were trained with 0.0 (design §5).
+    Mask R-CNN v1 weights were trained with 0.0 (docs/architecture.md, Weights and state dicts).
     """
 
     def __init__(self, num_features, eps=1e-5):
