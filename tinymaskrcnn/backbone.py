@@ -278,8 +278,3 @@ class ResNet(nn.Module):
 def _no_grad_if(flag: bool):
     """``nn.no_grad()`` when ``flag``, else a block that changes nothing."""
     return nn.no_grad() if flag else contextlib.nullcontext()
-
-
-def resnet(arch="resnet50", **kwargs) -> ResNet:
-    """Shorthand for ``ResNet(arch, ...)``."""
-    return ResNet(arch, **kwargs)

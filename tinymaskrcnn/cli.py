@@ -32,8 +32,6 @@ import numpy as np
 
 from .kernels import BACKENDS, available_backends, use_backend
 
-_STRIDES = (4, 8, 16, 32, 64)
-
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
@@ -584,12 +582,11 @@ def _add_model_options(p):
 
 def _load_model(args, command):
     from .model import MaskRCNN
-    from .train import load_model
 
     try:
         if args.checkpoint is None:
             return MaskRCNN.from_pretrained("shapes")
-        return load_model(args.checkpoint)
+        return MaskRCNN.from_checkpoint(args.checkpoint)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"tinymaskrcnn {command}: {err}")
 

@@ -84,15 +84,6 @@ class FeaturePyramidNetwork(nn.Module):
                 module.bias.data = init.constant(module.bias.shape, 0.0)
         self.extra_blocks = LastLevelMaxPool()
 
-    def _upgrade_state_dict(self, state, prefix):
-        # Checkpoints before torchvision 0.13 had a bare Conv2d: inner_blocks.0.weight.
-        for blocks in ("inner_blocks", "layer_blocks"):
-            for i in range(len(self.in_channels_list)):
-                for kind in ("weight", "bias"):
-                    old, new = f"{prefix}{blocks}.{i}.{kind}", f"{prefix}{blocks}.{i}.0.{kind}"
-                    if old in state and new not in state:
-                        state[new] = state.pop(old)
-
     def forward(self, features):
         """features: [C2..C5], (N, Cl, Hl, Wl) finest first -> [P2..P6], (N, D, Hl, Wl)."""
         if len(features) != len(self.in_channels_list):

@@ -49,13 +49,6 @@ class MaskRCNNHeads(nn.Sequential):
             channels = out_channels
         super().__init__(*blocks)
 
-    def _upgrade_state_dict(self, state, prefix):
-        for i in range(len(self)):
-            for kind in ("weight", "bias"):
-                old = f"{prefix}mask_fcn{i + 1}.{kind}"
-                if old in state:
-                    state[f"{prefix}{i}.0.{kind}"] = state.pop(old)
-
 
 class MaskRCNNPredictor(nn.Module):
     """2x2 stride-2 transposed conv + ReLU (S -> M = 2 S), then 1x1 conv to C mask logits."""

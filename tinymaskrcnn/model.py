@@ -26,7 +26,7 @@ from .fpn import resnet_fpn_backbone
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork
 from .transform import Transform, check_images
-from .weights import drop_unused_counters, load_checkpoint, save_checkpoint, upgrade_state_dict
+from .weights import load_checkpoint, model_weights, save_checkpoint
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -157,22 +157,15 @@ class MaskRCNN(nn.Module):
 
     # --- weights -------------------------------------------------------------------------
 
-    def load_state_dict(self, state, strict: bool = True):
-        """Load torchvision-named arrays (either key generation).
-
-        BatchNorm step counters (``num_batches_tracked``) this model has no place for
-        (frozen batch norm) are ignored.
-        """
-        state = drop_unused_counters(upgrade_state_dict(dict(state)), set(self.state_dict()))
-        return super().load_state_dict(state, strict=strict)
-
     def save(self, path, metadata: dict | None = None) -> str:
         """Write a safetensors checkpoint with this model's config (atomically)."""
         return save_checkpoint(path, self.state_dict(), self.cfg, metadata)
 
     @classmethod
     def from_checkpoint(cls, path) -> MaskRCNN:
-        """A model in eval mode built from any checkpoint written by ``save``/weights.py."""
+        """A model in eval mode built from any checkpoint written by ``save``/weights.py,
+        a training run's ``checkpoint.safetensors`` included (its optimizer state is
+        left out)."""
         state, cfg, _ = load_checkpoint(path)
         if cfg is None:
             raise ValueError(
@@ -180,7 +173,7 @@ class MaskRCNN(nn.Module):
                 "call load_state_dict(weights.load_checkpoint(path)[0]) instead"
             )
         model = cls(cfg, rng=np.random.default_rng(0))
-        model.load_state_dict(state)
+        model.load_state_dict(model_weights(state))
         return model.eval()
 
     @classmethod

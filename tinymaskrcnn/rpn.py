@@ -59,12 +59,6 @@ class RPNHead(nn.Module):
             layer.weight.data = init.normal(layer.weight.shape, rng, std=0.01)
             layer.bias.data = np.zeros_like(layer.bias.data)
 
-    def _upgrade_state_dict(self, state, prefix):
-        for kind in ("weight", "bias"):
-            old = f"{prefix}conv.{kind}"
-            if old in state:
-                state[f"{prefix}conv.0.0.{kind}"] = state.pop(old)
-
     def forward(self, features):
         """features: list of L (N, D, Hl, Wl) -> (objectness, deltas), lists of L maps.
 

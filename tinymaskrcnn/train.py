@@ -48,13 +48,12 @@ from .config import MaskRCNNConfig
 from .data.batching import flip_horizontal
 from .kernels import available_backends, use_backend
 from .model import LOSS_NAMES, MaskRCNN
-from .weights import load_checkpoint, save_checkpoint
+from .weights import OPTIMIZER_PREFIX, load_checkpoint, model_weights, save_checkpoint
 
 CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
 LOG = "log.csv"
 EVAL_LOG = "eval.csv"
-_OPTIMIZER_PREFIX = "optimizer."
 # Short names for the progress bar, in LOSS_NAMES order.
 _SHORT = {
     "loss_objectness": "obj",
@@ -216,7 +215,7 @@ def save_training_state(path, model, optimizer, step, settings) -> str:
     """
     state = model.state_dict()
     for name, value in optimizer.state_dict().items():
-        state[_OPTIMIZER_PREFIX + name] = value
+        state[OPTIMIZER_PREFIX + name] = value
     metadata = {
         "step": str(int(step)),
         "settings": settings.to_json(),
@@ -241,18 +240,14 @@ def load_training_state(path):
         )
     settings = TrainSettings.from_json(metadata["settings"])
     model = MaskRCNN(cfg, rng=np.random.default_rng(settings.seed))
-    weights = {k: v for k, v in state.items() if not k.startswith(_OPTIMIZER_PREFIX)}
+    weights = model_weights(state)
     model.load_state_dict(weights)
     rng = np.random.default_rng()
     rng.bit_generator.state = json.loads(metadata["rng"])
     model.rng = rng
     optimizer = make_optimizer(model, settings)
     optimizer.load_state_dict(
-        {
-            k[len(_OPTIMIZER_PREFIX) :]: v
-            for k, v in state.items()
-            if k.startswith(_OPTIMIZER_PREFIX)
-        }
+        {k[len(OPTIMIZER_PREFIX) :]: v for k, v in state.items() if k.startswith(OPTIMIZER_PREFIX)}
     )
     return model.train(), optimizer, int(metadata["step"]), settings
 
@@ -264,7 +259,7 @@ def export_weights(source, out, half: bool = True) -> str:
     in the package: 3.7 MB instead of 7.5). Loading casts them back to the model's
     float32; the rounding (relative 5e-4) moves its AP by less than 0.005.
     """
-    model = load_model(source)
+    model = MaskRCNN.from_checkpoint(source)
     state = model.state_dict()
     if half:
         state = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in state.items()}
@@ -273,16 +268,6 @@ def export_weights(source, out, half: bool = True) -> str:
     if "step" in metadata:
         extra["step"] = metadata["step"]
     return save_checkpoint(out, state, model.cfg, extra)
-
-
-def load_model(path) -> MaskRCNN:
-    """A model in eval mode from a weights file or a training checkpoint."""
-    state, cfg, _ = load_checkpoint(path)
-    if cfg is None:
-        raise ValueError(f"checkpoint {os.fspath(path)!r} holds no config")
-    model = MaskRCNN(cfg, rng=np.random.default_rng(0))
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(_OPTIMIZER_PREFIX)})
-    return model.eval()
 
 
 # --- the loop ---------------------------------------------------------------------------

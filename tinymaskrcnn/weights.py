@@ -7,7 +7,8 @@ Files are written to a temporary file in the same folder and renamed, so a crash
 never leaves a half-written checkpoint under the real name.
 
 torchvision renamed some keys when it moved to ``Conv2dNormActivation`` blocks; both
-generations load here, and ``state_dict`` always uses the new one:
+generations load here (``KEY_RENAMES``, applied by every ``load_state_dict``), and
+``state_dict`` always uses the new one:
 
     backbone.fpn.inner_blocks.0.weight    <->  backbone.fpn.inner_blocks.0.0.weight
     backbone.fpn.layer_blocks.0.weight    <->  backbone.fpn.layer_blocks.0.0.weight
@@ -22,75 +23,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 
 import numpy as np
 
 from .atomic_file import write_atomically
+from .nn.module import KEY_RENAMES, new_key, upgrade_state_dict  # noqa: F401 (re-exported)
 
 FORMAT = "tinymaskrcnn-1"
 
-# (old generation, new generation) key patterns; \1, \2 carry the index and suffix.
-_KEY_GENERATIONS = [
-    (r"^(.*fpn\.inner_blocks\.\d+)\.(weight|bias)$", r"\1.0.\2"),
-    (r"^(.*fpn\.layer_blocks\.\d+)\.(weight|bias)$", r"\1.0.\2"),
-    (r"^(.*rpn\.head\.conv)\.(weight|bias)$", r"\1.0.0.\2"),
-]
-_OLD_MASK_KEY = re.compile(r"^(.*mask_head)\.mask_fcn(\d+)\.(weight|bias)$")
-_NEW_MASK_KEY = re.compile(r"^(.*mask_head)\.(\d+)\.0\.(weight|bias)$")
-_NEW_TO_OLD = [
-    (r"^(.*fpn\.inner_blocks\.\d+)\.0\.(weight|bias)$", r"\1.\2"),
-    (r"^(.*fpn\.layer_blocks\.\d+)\.0\.(weight|bias)$", r"\1.\2"),
-    (r"^(.*rpn\.head\.conv)\.0\.0\.(weight|bias)$", r"\1.\2"),
-]
+# What training checkpoints store besides the model: the optimizer's state, under this.
+OPTIMIZER_PREFIX = "optimizer."
 
 
-def new_key(name: str) -> str:
-    """A key of either torchvision generation, in the current generation's spelling."""
-    for pattern, replacement in _KEY_GENERATIONS:
-        if re.match(pattern, name):
-            return re.sub(pattern, replacement, name)
-    m = _OLD_MASK_KEY.match(name)
-    if m:
-        return f"{m.group(1)}.{int(m.group(2)) - 1}.0.{m.group(3)}"
-    return name
-
-
-def old_key(name: str) -> str:
-    """A current-generation key in the older generation's spelling (torchvision <= 0.12)."""
-    for pattern, replacement in _NEW_TO_OLD:
-        if re.match(pattern, name):
-            return re.sub(pattern, replacement, name)
-    m = _NEW_MASK_KEY.match(name)
-    if m:
-        return f"{m.group(1)}.mask_fcn{int(m.group(2)) + 1}.{m.group(3)}"
-    return name
-
-
-def upgrade_state_dict(state: dict) -> dict:
-    """Rename old-generation keys to the current generation's names.
-
-    state: name -> array. Returns a new dict in the current generation's names.
-    Raises ValueError when two keys map to the same name (a file mixing generations).
-    """
-    out = {}
-    for name, value in state.items():
-        key = new_key(name)
-        if key in out:
-            raise ValueError(f"state_dict holds both {name!r} and another spelling of {key!r}")
-        out[key] = value
-    return out
-
-
-def drop_unused_counters(state: dict, expected) -> dict:
-    """Drop BatchNorm ``num_batches_tracked`` counters that ``expected`` has no place for.
-
-    torchvision's BatchNorm2d saves one; a model with frozen batch norm has none, and a
-    step counter is bookkeeping, not a weight.
-    """
-    return {
-        k: v for k, v in state.items() if not k.endswith("num_batches_tracked") or k in expected
-    }
+def model_weights(state: dict) -> dict:
+    """A checkpoint's state without the optimizer's entries (a training checkpoint's)."""
+    return {k: v for k, v in state.items() if not k.startswith(OPTIMIZER_PREFIX)}
 
 
 def compare_state_dicts(expected: dict, given: dict) -> dict[str, list[str]]:
@@ -200,7 +147,7 @@ def load_into(model, path, strict: bool = True):
     """
     state, config, _ = load_checkpoint(path)
     expected = model.state_dict()
-    state = drop_unused_counters(state, expected)
+    state = upgrade_state_dict(model_weights(state), set(expected))
     diff = compare_state_dicts(expected, state)
     if diff["misshaped"] or (strict and (diff["missing"] or diff["unexpected"])):
         raise ValueError(

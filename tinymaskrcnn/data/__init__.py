@@ -1,5 +1,5 @@
 """Datasets: the synthetic shapes set (data/shapes.py), COCO-format data (data/coco.py),
-and batching with horizontal flips (data/batching.py).
+and the horizontal flip of training (data/batching.py).
 
 Every dataset here is indexable, ``ds[i] -> (image, target)``, with
 image (3, H, W) float32 RGB in [0, 1] and target {"boxes": (G, 4) float32 x1y1x2y2
@@ -7,7 +7,7 @@ pixels, "labels": (G,) int64, "masks": (G, H, W) uint8} — the model's input fo
 (docs/architecture.md, Stage map and data flow).
 """
 
-from .batching import flip_horizontal, iterate_batches
+from .batching import flip_horizontal
 from .coco import CocoDataset, CocoFormatError, export_coco
 from .shapes import ShapesDataset
 
@@ -17,5 +17,4 @@ __all__ = [
     "ShapesDataset",
     "export_coco",
     "flip_horizontal",
-    "iterate_batches",
 ]

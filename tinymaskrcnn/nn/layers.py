@@ -308,11 +308,6 @@ class FrozenBatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(num_features, np.float32))
         self.register_buffer("running_var", np.ones(num_features, np.float32))
 
-    def _upgrade_state_dict(self, state, prefix):
-        # A BatchNorm2d checkpoint (ImageNet weights) counts batches; frozen BN has no use
-        # for the count, and torchvision's FrozenBatchNorm2d drops it on loading too.
-        state.pop(f"{prefix}num_batches_tracked", None)
-
     def scale_shift(self, dtype):
         """(scale, shift), each (1, C, 1, 1) of ``dtype``: y = x * scale + shift."""
         # In the buffers' float32 as torchvision does, then one multiply-add per element.

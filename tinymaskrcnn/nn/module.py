@@ -19,12 +19,16 @@ pyramid level -- as long as the backwards come in reverse order of the forwards
 (last in, first out), as the chain rule visits them anyway. In eval mode or under
 ``no_grad()`` nothing is kept: inference memory is only the live activations.
 ``forget()`` drops anything kept (a forward whose backward never ran).
+
+``load_state_dict`` accepts both generations of torchvision's key names
+(``KEY_RENAMES``); ``state_dict`` always writes the current one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import re
 from collections.abc import Iterator
 
 import numpy as np
@@ -82,6 +86,54 @@ class Parameter:
     def __repr__(self) -> str:
         frozen = "" if self.requires_grad else ", frozen"
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
+
+
+# --- torchvision's state-dict key generations ---------------------------------------
+
+# The one table of torchvision's renames (0.13 wrapped these convolutions in
+# Conv2dNormActivation and the mask head's in a Sequential): old spelling -> current,
+# matched at the end of a key, whatever module path comes before it.
+KEY_RENAMES = (
+    (re.compile(r"(^|\.)(inner_blocks|layer_blocks)\.(\d+)\.(weight|bias)$"), r"\1\2.\3.0.\4"),
+    (re.compile(r"(^|\.)conv\.(weight|bias)$"), r"\1conv.0.0.\2"),  # the RPN head's 3x3 conv
+    (
+        re.compile(r"(^|\.)mask_fcn(\d+)\.(weight|bias)$"),
+        lambda m: f"{m[1]}{int(m[2]) - 1}.0.{m[3]}",  # mask_fcn1 is block 0
+    ),
+)
+
+
+def new_key(name: str) -> str:
+    """A key of either torchvision generation, in the current generation's spelling."""
+    for pattern, replacement in KEY_RENAMES:
+        if pattern.search(name):
+            return pattern.sub(replacement, name)
+    return name
+
+
+def upgrade_state_dict(state: dict, expected=None) -> dict:
+    """The one way a state dict reaches a model: old keys renamed, unused counters dropped.
+
+    state: name -> array. expected: the names the receiving module has, or None.
+    With ``expected``, a key is renamed only when its current spelling is expected
+    (so the table never touches a name that is right as it is), and BatchNorm's
+    ``num_batches_tracked`` step counters the module has no place for are dropped:
+    frozen batch norm keeps none, and a step count is bookkeeping, not a weight
+    (torchvision's FrozenBatchNorm2d drops it too). Without it, every old key is renamed.
+    Raises ValueError when two keys map to the same name (a file mixing generations).
+    """
+    out = {}
+    for name, value in state.items():
+        if expected is not None and name.endswith("num_batches_tracked") and name not in expected:
+            continue
+        key = name
+        if expected is None or name not in expected:
+            renamed = new_key(name)
+            key = renamed if expected is None or renamed in expected else name
+        if key in out:
+            raise ValueError(f"state_dict holds both {name!r} and another spelling of {key!r}")
+        out[key] = value
+    return out
 
 
 class Module:
@@ -216,9 +268,6 @@ class Module:
                 state[f"{path}.{name}" if path else name] = getattr(module, name).copy()
         return state
 
-    def _upgrade_state_dict(self, state: dict, prefix: str) -> None:
-        """Rename keys of older checkpoint generations in place (override where needed)."""
-
     def load_state_dict(self, state, strict: bool = True) -> dict[str, list[str]]:
         """Copy arrays from ``state`` (name -> array) into parameters and buffers.
 
@@ -226,13 +275,12 @@ class Module:
         unexpected (when ``strict``) and mis-shaped name. Returns the lists
         ``{"missing": [...], "unexpected": [...]}`` (empty when strict succeeded).
         """
-        state = {str(k): v for k, v in dict(state).items()}
-        for path, module in self.named_modules():
-            module._upgrade_state_dict(state, f"{path}." if path else "")
         targets = {}
         for path, module in self.named_modules():
             for name in list(module._parameters) + list(module._buffers):
                 targets[f"{path}.{name}" if path else name] = (module, name)
+        # torchvision's older key spellings renamed, unused step counters dropped.
+        state = upgrade_state_dict({str(k): v for k, v in dict(state).items()}, set(targets))
         missing = sorted(set(targets) - set(state))
         unexpected = sorted(set(state) - set(targets))
         misshaped = []
