@@ -118,11 +118,19 @@ _TOUR_IMAGES = 4  # images in the detections figure; the stages run on the first
 
 
 def _run_tour(args) -> int:
-    from . import viz
+    import matplotlib
+
+    matplotlib.use("Agg")  # the tour only writes files: no window, no display needed
+
     from .boxes import batched_nms, box_iou
     from .data.shapes import ShapesDataset
     from .matching import Matcher
     from .model import MaskRCNN
+    from .plotting import save
+    from .plotting.anchors import plot_anchor_tiling
+    from .plotting.detections import plot_detection_rows
+    from .plotting.matching import plot_anchor_labels
+    from .plotting.rpn import plot_proposals_nms
     from .rpn import flatten_predictions, proposal_candidates, select_proposals
     from .transform import resize_bilinear
 
@@ -211,7 +219,7 @@ def _run_tour(args) -> int:
         + "); NumPy only",
         seconds,
     )
-    fig = viz.plot_anchor_tiling(
+    fig = plot_anchor_tiling(
         shown,
         levels,
         generator.strides(batch.shape[2:], feature_sizes),
@@ -221,7 +229,7 @@ def _run_tour(args) -> int:
         f"Grids of P3 and P4 (dots); every level's anchors at one location\n"
         f"(sizes {', '.join(str(s[0]) for s in cfg.anchor_sizes)} px, 3 aspect ratios)"
     )
-    viz.save(fig, out / "01_anchors.png")
+    save(fig, out / "01_anchors.png")
 
     # 4. matching: IoU of every gt with every anchor, then 0.7 / 0.3 with low-quality matches
     matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh, allow_low_quality_matches=True)
@@ -234,16 +242,19 @@ def _run_tour(args) -> int:
         ),
         agree=np.array_equal,
     )
-    fig = viz.plot_anchor_labels(
+    fig = plot_anchor_labels(
         shown,
         gt,
         anchors,
-        matches,
+        matches >= 0,
+        matches == Matcher.BELOW_LOW_THRESHOLD,
+        matches == Matcher.BETWEEN_THRESHOLDS,
         f"Anchor matches at {cfg.rpn_fg_iou_thresh} / {cfg.rpn_bg_iou_thresh} (as the RPN trains)",
         rng=np.random.default_rng(0),
         max_shown=40,
+        thresholds=(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh),
     )
-    viz.save(fig, out / "02_matching.png")
+    save(fig, out / "02_matching.png")
 
     # 5. RPN head: objectness and deltas for every anchor
     objectness, deltas = stage(
@@ -272,7 +283,7 @@ def _run_tour(args) -> int:
     order = np.argsort(-probs, kind="stable")
     survivors = batched_nms(boxes, probs, level, cfg.rpn_nms_thresh)
     n = 30
-    fig = viz.plot_proposals_nms(
+    fig = plot_proposals_nms(
         shown,
         boxes[order[:n]],
         level[order[:n]],
@@ -286,7 +297,7 @@ def _run_tour(args) -> int:
         f"the best {len(proposals)} are the proposals",
         y=0.95,
     )
-    viz.save(fig, out / "03_proposals.png")
+    save(fig, out / "03_proposals.png")
 
     # 7. RoI heads: box head on RoIAlign 7x7 features, then the mask head on the detections
     heads = stage(
@@ -299,7 +310,7 @@ def _run_tour(args) -> int:
         ),
     )
     fig = _roi_figure(model, heads[0], proposals, features, shown)
-    viz.save(fig, out / "04_roipool_vs_roialign.png")
+    save(fig, out / "04_roipool_vs_roialign.png")
 
     # 8. back to the image: boxes scaled, 28x28 masks pasted into image-sized ones
     original = [tuple(image.shape[1:])]
@@ -326,8 +337,15 @@ def _run_tour(args) -> int:
     with use_backend(backends[-1]):
         detections = model(images)
     truths = [dataset[i][1] for i in range(len(dataset))]
-    fig = viz.plot_tour_detections(images, detections, truths, ShapesDataset.CLASSES)
-    viz.save(fig, out / "05_detections.png")
+    fig = plot_detection_rows(
+        images,
+        [(None, detections)],
+        ShapesDataset.CLASSES,
+        truths=truths,
+        title="the shipped shapes model: detections with score >= 0.5, masks cut at "
+        "probability 0.5",
+    )
+    save(fig, out / "05_detections.png")
     print(f"\nfigures: {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}/")
     return 0
 
@@ -338,7 +356,7 @@ def _roi_figure(model, detections, proposals, features, image):
     detections: one image's RoI-head output in the model's (resized) frame; image: (3, h, w)
     in that frame. Falls back to the best proposal when nothing was detected.
     """
-    from . import viz
+    from .plotting.roi_ops import plot_roi_pool_vs_align_on_level
     from .roi_ops import roi_align, roi_align_sampling_points, roi_pool, roi_pool_bins
 
     if len(detections["boxes"]):
@@ -361,7 +379,7 @@ def _roi_figure(model, detections, proposals, features, image):
     (points,) = roi_align_sampling_points(rois, size, scale, pooler.sampling_ratio)
     aligned = roi_align(fmap, rois, size, scale, pooler.sampling_ratio)[0]
     channel = int(np.argmax(aligned.reshape(len(aligned), -1).std(axis=1)))
-    return viz.plot_roi_pool_vs_align_on_level(
+    return plot_roi_pool_vs_align_on_level(
         image,
         box,
         pooler.k_min + index,
@@ -640,7 +658,12 @@ def read_image(path):
 
 
 def _run_predict(args) -> int:
-    from . import viz
+    import matplotlib
+
+    matplotlib.use("Agg")  # predict only writes its figure to a file
+
+    from .plotting import save
+    from .plotting.detections import plot_detections
     from .train import default_backend
 
     try:
@@ -666,14 +689,14 @@ def _run_predict(args) -> int:
             f"box [{x1:6.1f} {y1:6.1f} {x2:6.1f} {y2:6.1f}]  mask {area} px"
         )
     out = args.out or args.image.with_name(args.image.stem + "_detections.png")
-    fig = viz.plot_detections(
+    fig = plot_detections(
         image,
         detections,
         names,
         args.score_thresh,
         title=f"{args.image.name}: {len(keep)} detections",
     )
-    viz.save(fig, out)
+    save(fig, out)
     print(f"drawn to {out}")
     return 0
 

@@ -31,7 +31,7 @@ from .weights import load_checkpoint, model_weights, save_checkpoint
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
 # The stage boundaries ``forward(..., trace=...)`` reports, in order, and what each passes
-# (lists hold one entry per image; frames as in docs/architecture.md, Stage map):
+# (lists hold one entry per image; frames as in docs/architecture.md, Stage map and data flow):
 STAGES = {
     "transform": "batch (N, 3, Hp, Wp), image_sizes [(h, w)], original_sizes [(H, W)], "
     "targets (training: resized frame) or None",

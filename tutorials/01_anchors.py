@@ -23,11 +23,19 @@ Run: ``python tutorials/01_anchors.py`` (a few seconds; figures go to ``figures/
 
 import pathlib
 
+import matplotlib
 import numpy as np
 
-from tinymaskrcnn import viz
 from tinymaskrcnn.anchors import AnchorGenerator
 from tinymaskrcnn.data.shapes import ShapesDataset
+from tinymaskrcnn.plotting import save
+from tinymaskrcnn.plotting.anchors import (
+    plot_anchor_tiling,
+    plot_cell_anchors,
+    plot_p4_anchor_rounding,
+)
+
+matplotlib.use("Agg")  # no window: every figure goes to a file
 
 FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 SIZES = ((32,), (64,), (128,), (256,), (512,))
@@ -39,8 +47,8 @@ def step1_cell_anchors(generator):
     for level, cells in enumerate(generator.cell_anchors, start=2):
         shapes = ", ".join(f"{c[2] - c[0]:.0f}x{c[3] - c[1]:.0f}" for c in cells)
         print(f"   P{level}: size {SIZES[level - 2][0]:3d} -> {shapes}")
-    fig = viz.plot_cell_anchors(generator.cell_anchors, SIZES, RATIOS)
-    print(f"   -> {viz.save(fig, FIGURES / '01_cell_anchors.png')}")
+    fig = plot_cell_anchors(generator.cell_anchors, SIZES, RATIOS)
+    print(f"   -> {save(fig, FIGURES / '01_cell_anchors.png')}")
 
 
 def step2_p4_example(generator):
@@ -55,8 +63,8 @@ def step2_p4_example(generator):
             f"round to {c[2]:.0f}, {c[3]:.0f} -> {c[2] - c[0]:.0f} x {c[3] - c[1]:.0f} "
             f"(rounding w and h instead would give {np.round(w):.0f} x {np.round(h):.0f})"
         )
-    fig = viz.plot_p4_anchor_rounding(cells, np.stack([exact_w, exact_h], axis=1))
-    print(f"   -> {viz.save(fig, FIGURES / '01_p4_anchors.png')}")
+    fig = plot_p4_anchor_rounding(cells, np.stack([exact_w, exact_h], axis=1))
+    print(f"   -> {save(fig, FIGURES / '01_p4_anchors.png')}")
 
 
 def step3_tiling(generator):
@@ -74,8 +82,8 @@ def step3_tiling(generator):
     counts = {f"P{k + 2}": len(a) for k, a in enumerate(big_anchors)}
     print(f"   800x1216 (P6 is 13x19: stride 800 // 13 = 61 vertically, not 64): {counts}")
     print(f"   total {sum(counts.values()):,} anchors")
-    fig = viz.plot_anchor_tiling(image, anchors, strides, location=(128, 128), counts=counts)
-    print(f"   -> {viz.save(fig, FIGURES / '01_anchor_tiling.png')}")
+    fig = plot_anchor_tiling(image, anchors, strides, location=(128, 128), counts=counts)
+    print(f"   -> {save(fig, FIGURES / '01_anchor_tiling.png')}")
 
 
 def main():

@@ -23,13 +23,21 @@ Run: ``python tutorials/02_iou_matching.py`` (a few seconds; figures go to ``fig
 
 import pathlib
 
+import matplotlib
 import numpy as np
 
-from tinymaskrcnn import viz
 from tinymaskrcnn.anchors import AnchorGenerator
 from tinymaskrcnn.boxes import box_iou
 from tinymaskrcnn.data.shapes import ShapesDataset
 from tinymaskrcnn.matching import BalancedPositiveNegativeSampler, Matcher
+from tinymaskrcnn.plotting import save
+from tinymaskrcnn.plotting.matching import (
+    plot_anchor_labels,
+    plot_iou_matrix,
+    plot_low_quality_rescue,
+)
+
+matplotlib.use("Agg")  # no window: every figure goes to a file
 
 FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 IMAGE_SIZE = 256
@@ -64,13 +72,13 @@ def main():
     best = np.unique(np.argsort(-iou, axis=1)[:, :4])
     for g in range(len(gt)):
         print(f"   {names[g]} {gt[g].tolist()}: highest IoU {iou[g].max():.3f}")
-    fig = viz.plot_iou_matrix(
+    fig = plot_iou_matrix(
         iou[:, best],
         names,
         anchor_names(generator, feature_sizes, best),
         "IoU of each ground-truth box with the 4 best anchors of every box",
     )
-    print(f"   -> {viz.save(fig, FIGURES / '02_iou_matrix.png')}")
+    print(f"   -> {save(fig, FIGURES / '02_iou_matrix.png')}")
 
     print("2. Labels at 0.7 / 0.3 with low-quality matches (the RPN's matcher):")
     rpn_matcher = Matcher(0.7, 0.3, allow_low_quality_matches=True)
@@ -79,15 +87,17 @@ def main():
         print(f"   {name}: {(matches == code).sum():,}")
     for g in range(len(gt)):
         print(f"   positive for {names[g]}: {(matches == g).sum()}")
-    fig = viz.plot_anchor_labels(
+    fig = plot_anchor_labels(
         image,
         gt,
         anchors,
-        matches,
+        matches >= 0,
+        matches == Matcher.BELOW_LOW_THRESHOLD,
+        matches == Matcher.BETWEEN_THRESHOLDS,
         "Anchor labels: IoU >= 0.7 positive, < 0.3 negative",
         rng=np.random.default_rng(0),
     )
-    print(f"   -> {viz.save(fig, FIGURES / '02_anchor_labels.png')}")
+    print(f"   -> {save(fig, FIGURES / '02_anchor_labels.png')}")
 
     print("3. Anchors positive only thanks to the low-quality rule:")
     plain = Matcher(0.7, 0.3, allow_low_quality_matches=False)(iou)
@@ -97,7 +107,7 @@ def main():
             f"   anchor #{i} {anchors[i].tolist()}: IoU {iou[:, i].max():.3f} with gt "
             f"{matches[i]} (was {'ignored' if plain[i] == -2 else 'negative'})"
         )
-    fig = viz.plot_low_quality_rescue(
+    fig = plot_low_quality_rescue(
         image,
         gt,
         anchors,
@@ -105,7 +115,7 @@ def main():
         iou.max(axis=0),
         "Rescued: best anchors of a box that no anchor covers at IoU 0.7",
     )
-    print(f"   -> {viz.save(fig, FIGURES / '02_low_quality.png')}")
+    print(f"   -> {save(fig, FIGURES / '02_low_quality.png')}")
 
     print("4. A balanced minibatch of 256 anchors, at most half positive:")
     labels = np.where(matches >= 0, 1, np.where(matches == -1, 0, -1))

@@ -24,12 +24,16 @@ Run: ``python tutorials/03_box_coding.py`` (a few seconds; figures go to ``figur
 
 import pathlib
 
+import matplotlib
 import numpy as np
 
-from tinymaskrcnn import viz
 from tinymaskrcnn.anchors import AnchorGenerator
 from tinymaskrcnn.boxes import BBOX_XFORM_CLIP, BoxCoder, box_iou, clip_boxes, nms
 from tinymaskrcnn.data.shapes import ShapesDataset
+from tinymaskrcnn.plotting import save
+from tinymaskrcnn.plotting.boxes import plot_box_deltas, plot_decode_clip, plot_nms
+
+matplotlib.use("Agg")  # no window: every figure goes to a file
 
 FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 IMAGE_SIZE = 256
@@ -48,8 +52,8 @@ def step1_deltas():
         back = coder.decode(d, anchor)
         deltas[name] = d[0]
         print(f"   {name:20s} deltas {np.round(d[0], 4).tolist()}, decoded back {back[0].tolist()}")
-    fig = viz.plot_box_deltas(anchor[0], box[0], deltas)
-    print(f"   -> {viz.save(fig, FIGURES / '03_deltas.png')}")
+    fig = plot_box_deltas(anchor[0], box[0], deltas)
+    print(f"   -> {save(fig, FIGURES / '03_deltas.png')}")
 
 
 def step2_clip():
@@ -61,8 +65,8 @@ def step2_clip():
             f"   dw = {dw:5.1f}: width {box[2] - box[0]:8.1f} "
             f"(unclamped exp(dw) * 16 = {np.exp(dw) * 16:.3g})"
         )
-    fig = viz.plot_decode_clip(np.linspace(-2, 8, 400), BBOX_XFORM_CLIP, 16.0)
-    print(f"   -> {viz.save(fig, FIGURES / '03_decode_clip.png')}")
+    fig = plot_decode_clip(np.linspace(-2, 8, 400), BBOX_XFORM_CLIP, 16.0)
+    print(f"   -> {save(fig, FIGURES / '03_decode_clip.png')}")
 
 
 def step3_nms(rng):
@@ -93,8 +97,8 @@ def step3_nms(rng):
             f"   score {scores[k]:.3f} box {np.round(proposals[k], 1).tolist()} "
             f"(IoU with its object {overlap:.2f})"
         )
-    fig = viz.plot_nms(image, proposals, scores, keep, 0.7, gt_boxes=gt)
-    print(f"   -> {viz.save(fig, FIGURES / '03_nms.png')}")
+    fig = plot_nms(image, proposals, scores, keep, 0.7, gt_boxes=gt)
+    print(f"   -> {save(fig, FIGURES / '03_nms.png')}")
 
 
 def main():

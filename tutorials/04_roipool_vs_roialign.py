@@ -29,9 +29,18 @@ Run: ``python tutorials/04_roipool_vs_roialign.py`` (writes figures/04_*.png).
 
 import pathlib
 
+import matplotlib
 import numpy as np
 
-from tinymaskrcnn import viz
+from tinymaskrcnn.plotting import save
+from tinymaskrcnn.plotting.roi_ops import (
+    plot_adaptive_sampling,
+    plot_aligned_vs_legacy,
+    plot_crop_and_resize_vs_roi_align,
+    plot_quantisation_sweep,
+    plot_roi_align_samples,
+    plot_roi_pool,
+)
 from tinymaskrcnn.roi_ops import (
     bilinear_neighbours,
     crop_and_resize,
@@ -41,6 +50,8 @@ from tinymaskrcnn.roi_ops import (
     roi_pool,
     roi_pool_bins,
 )
+
+matplotlib.use("Agg")  # no window: every figure goes to a file
 
 FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 
@@ -74,8 +85,8 @@ def step1_roipool():
     cols = [f"{a}..{b - 1}" for a, b in zip(w_start, w_end, strict=True)]
     print(f"   bins: rows {rows} x columns {cols} (row 5 and column 3 are shared)")
     print(f"   output (max per bin):\n{out[0, 0]}")
-    fig = viz.plot_roi_pool(FMAP, ROI[0, 1:], bins, out[0, 0], argmax[0, 0])
-    print("   ->", viz.save(fig, FIGURES / "04_roipool.png"))
+    fig = plot_roi_pool(FMAP, ROI[0, 1:], bins, out[0, 0], argmax[0, 0])
+    print("   ->", save(fig, FIGURES / "04_roipool.png"))
 
 
 def step2_roialign():
@@ -88,8 +99,8 @@ def step2_roialign():
     print(f"   their bilinear weights sum to {weight[0, 0].sum(-1).ravel().tolist()}")
     print(f"   output (mean of 4):\n{avg.round(4)}\n   output (max of 4):\n{peak.round(4)}")
     roi_box = ROI[0, 1:] - 0.5  # pixel frame -> cell-index frame
-    fig = viz.plot_roi_align_samples(FMAP, roi_box, points, index, weight, avg, peak)
-    print("   ->", viz.save(fig, FIGURES / "04_roialign.png"))
+    fig = plot_roi_align_samples(FMAP, roi_box, points, index, weight, avg, peak)
+    print("   ->", save(fig, FIGURES / "04_roialign.png"))
 
 
 def step3_aligned():
@@ -101,8 +112,8 @@ def step3_aligned():
     for name, points in (("False", legacy), ("True ", aligned)):
         offset = (points.reshape(-1, 2).mean(axis=0) - centre).round(3) + 0.0  # no -0.0
         print(f"   aligned={name}: samples' centre is off the RoI's by {offset.tolist()}")
-    fig = viz.plot_aligned_vs_legacy(FMAP, ROI[0, 1:], legacy, aligned)
-    print("   ->", viz.save(fig, FIGURES / "04_aligned.png"))
+    fig = plot_aligned_vs_legacy(FMAP, ROI[0, 1:], legacy, aligned)
+    print("   ->", save(fig, FIGURES / "04_aligned.png"))
 
 
 def step4_adaptive():
@@ -116,8 +127,8 @@ def step4_adaptive():
         f"of samples per bin, {gh * gw * 9} samples in all"
     )
     title = f"sampling_ratio=-1: {gh}x{gw} samples per bin (about one per cell)"
-    fig = viz.plot_adaptive_sampling((16, 24), roi[0, 1:] - 0.5, points, title)
-    print("   ->", viz.save(fig, FIGURES / "04_adaptive_sampling.png"))
+    fig = plot_adaptive_sampling((16, 24), roi[0, 1:] - 0.5, points, title)
+    print("   ->", save(fig, FIGURES / "04_adaptive_sampling.png"))
 
 
 def step5_crop_and_resize():
@@ -132,8 +143,8 @@ def step5_crop_and_resize():
     print(f"   RoIAlign's x:     {np.unique(align_points[..., 0]).round(3).tolist()}")
     print("   crop (its first column lies left of the first cell centre: extrapolated 0):")
     print(crop.round(3))
-    fig = viz.plot_crop_and_resize_vs_roi_align((8, 8), ROI[0, 1:] - 0.5, tf_points, align_points)
-    print("   ->", viz.save(fig, FIGURES / "04_crop_and_resize.png"))
+    fig = plot_crop_and_resize_vs_roi_align((8, 8), ROI[0, 1:] - 0.5, tf_points, align_points)
+    print("   ->", save(fig, FIGURES / "04_crop_and_resize.png"))
 
 
 def step6_quantisation():
@@ -165,8 +176,8 @@ def step6_quantisation():
     print(f"   RoIPool's left edge error: {edge_error.min():+.1f} .. {edge_error.max():+.1f} px")
     print(f"   RoIPool's bin (0,0) error: {pool_error.min():+.1f} .. {pool_error.max():+.1f} px")
     print(f"   RoIAlign's bin (0,0) error: {np.abs(align_error).max():.2e} px")
-    fig = viz.plot_quantisation_sweep(shift, edge_error, pool_error, align_error, stride)
-    print("   ->", viz.save(fig, FIGURES / "04_quantisation.png"))
+    fig = plot_quantisation_sweep(shift, edge_error, pool_error, align_error, stride)
+    print("   ->", save(fig, FIGURES / "04_quantisation.png"))
 
 
 def main():

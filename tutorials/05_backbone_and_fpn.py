@@ -31,12 +31,16 @@ Run: ``python tutorials/05_backbone_and_fpn.py`` (a few seconds; figures go to `
 import pathlib
 import time
 
+import matplotlib
 import numpy as np
 
-from tinymaskrcnn import viz
 from tinymaskrcnn.data.shapes import ShapesDataset
 from tinymaskrcnn.fpn import resnet_fpn_backbone
 from tinymaskrcnn.nn.layers import nearest_indices, upsample_nearest
+from tinymaskrcnn.plotting import save
+from tinymaskrcnn.plotting.fpn import plot_feature_pyramid, plot_fpn_pathways, plot_top_down_step
+
+matplotlib.use("Agg")  # no window: every figure goes to a file
 
 FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 IMAGE_SIZE = (225, 300)
@@ -67,8 +71,8 @@ def step2_diagram(c_maps, p_maps):
     print("2. The pathways drawn with these sizes:")
     c_shapes = [m.shape[1:] for m in c_maps]
     p_shapes = [m.shape[1:] for m in p_maps]
-    fig = viz.plot_fpn_pathways(c_shapes, p_shapes, [4, 8, 16, 32, 64], IMAGE_SIZE)
-    print(f"   -> {viz.save(fig, FIGURES / '05_fpn_pathways.png')}")
+    fig = plot_fpn_pathways(c_shapes, p_shapes, [4, 8, 16, 32, 64], IMAGE_SIZE)
+    print(f"   -> {save(fig, FIGURES / '05_fpn_pathways.png')}")
 
 
 def step3_activations(image, c_maps, p_maps):
@@ -76,10 +80,10 @@ def step3_activations(image, c_maps, p_maps):
     for name, maps in (("C", c_maps), ("P", p_maps)):
         means = ", ".join(f"{name}{i + 2} {np.abs(m[0]).mean():.3f}" for i, m in enumerate(maps))
         print(f"   {means}")
-    fig = viz.plot_feature_pyramid(
+    fig = plot_feature_pyramid(
         image, [m[0] for m in c_maps], [m[0] for m in p_maps], [4, 8, 16, 32, 64]
     )
-    print(f"   -> {viz.save(fig, FIGURES / '05_feature_maps.png')}")
+    print(f"   -> {save(fig, FIGURES / '05_feature_maps.png')}")
 
 
 def step4_top_down(model, c_maps):
@@ -95,8 +99,8 @@ def step4_top_down(model, c_maps):
           f"{lateral.shape[2]}x{lateral.shape[3]}; source rows {rows.tolist()}")  # fmt: skip
     same = np.allclose(output, model.fpn(c_maps)[2])
     print(f"   equals the FPN's own P4: {same}")
-    fig = viz.plot_top_down_step(coarse[0], upsampled[0], lateral[0], merged[0], output[0], 4)
-    print(f"   -> {viz.save(fig, FIGURES / '05_top_down.png')}")
+    fig = plot_top_down_step(coarse[0], upsampled[0], lateral[0], merged[0], output[0], 4)
+    print(f"   -> {save(fig, FIGURES / '05_top_down.png')}")
 
 
 def main():

@@ -29,15 +29,21 @@ Run: ``python tutorials/06_rpn.py`` (figures go to ``figures/``).
 import pathlib
 import time
 
+import matplotlib
 import numpy as np
 
-from tinymaskrcnn import nn, viz
+from tinymaskrcnn import nn
 from tinymaskrcnn.boxes import BoxCoder, batched_nms, clip_boxes, remove_small_boxes
 from tinymaskrcnn.config import MaskRCNNConfig
 from tinymaskrcnn.data.shapes import ShapesDataset
 from tinymaskrcnn.matching import BalancedPositiveNegativeSampler, Matcher
 from tinymaskrcnn.model import MaskRCNN
+from tinymaskrcnn.plotting import save
+from tinymaskrcnn.plotting.matching import plot_anchor_labels
+from tinymaskrcnn.plotting.rpn import plot_objectness_levels, plot_proposals_nms
 from tinymaskrcnn.rpn import MIN_PROPOSAL_SIZE, anchor_targets, top_n_per_level
+
+matplotlib.use("Agg")  # no window: every figure goes to a file
 
 FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 TRAIN_STEPS = 60
@@ -116,8 +122,8 @@ def step1_objectness(image, anchors_per_level, objectness, shapes, padded):
             f"   P{level}: {h}x{w} locations x 3 anchors = {count:5d}; "
             f"max objectness {prob.max():.3f}, {np.sum(prob > 0.5)} locations above 0.5"
         )
-    fig = viz.plot_objectness_levels(image, maps, strides)
-    print(f"   -> {viz.save(fig, FIGURES / '06_objectness.png')}")
+    fig = plot_objectness_levels(image, maps, strides)
+    print(f"   -> {save(fig, FIGURES / '06_objectness.png')}")
 
 
 def step2_anchor_labels(image, target, anchors, num_per_level, cfg):
@@ -138,20 +144,20 @@ def step2_anchor_labels(image, target, anchors, num_per_level, cfg):
         f"(at most {int(cfg.rpn_batch_size_per_image * cfg.rpn_positive_fraction)}), "
         f"{neg.sum()} negative"
     )
-    rng = np.random.default_rng(1)
-    ignored = np.flatnonzero(labels == -1)
-    shown_ignored = anchors[rng.choice(ignored, min(40, ignored.size), replace=False)]
-    shown_neg = anchors[rng.choice(np.flatnonzero(neg), min(40, neg.sum()), replace=False)]
-    fig = viz.plot_rpn_anchor_labels(
+    fig = plot_anchor_labels(
         image,
         target["boxes"],
-        anchors[pos],
-        shown_neg,
-        shown_ignored,
-        f"RPN minibatch: all {pos.sum()} positives, {len(shown_neg)} of {neg.sum()} sampled "
-        f"negatives,\n{len(shown_ignored)} of {ignored.size} ignored anchors",
+        anchors,
+        pos,
+        neg,
+        labels == -1,
+        f"RPN minibatch of {cfg.rpn_batch_size_per_image}: {pos.sum()} positives and "
+        f"{neg.sum()} negatives\n(ignored anchors, between the thresholds, are never sampled)",
+        rng=np.random.default_rng(1),
+        max_shown=40,
+        thresholds=(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh),
     )
-    print(f"   -> {viz.save(fig, FIGURES / '06_anchor_labels.png')}")
+    print(f"   -> {save(fig, FIGURES / '06_anchor_labels.png')}")
 
 
 def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg):
@@ -178,7 +184,7 @@ def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, s
         f"its level by IoU > {cfg.rpn_nms_thresh}; {len(removed_top)} of the top {n} are among "
         "them (dotted in the figure)"
     )
-    fig = viz.plot_proposals_nms(
+    fig = plot_proposals_nms(
         image,
         boxes[order[:n]],
         level[order[:n]],
@@ -188,7 +194,7 @@ def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, s
         cfg.rpn_nms_thresh,
         suppressed=~np.isin(order[:n], survivors),
     )
-    print(f"   -> {viz.save(fig, FIGURES / '06_proposals_nms.png')}")
+    print(f"   -> {save(fig, FIGURES / '06_proposals_nms.png')}")
 
 
 def main():

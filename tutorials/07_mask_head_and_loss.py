@@ -27,14 +27,24 @@ Run: ``python tutorials/07_mask_head_and_loss.py`` (seconds; figures go to ``fig
 
 import pathlib
 
+import matplotlib
 import numpy as np
 
-from tinymaskrcnn import nn, viz
+from tinymaskrcnn import nn
 from tinymaskrcnn.config import MaskRCNNConfig
 from tinymaskrcnn.data.shapes import ShapesDataset
 from tinymaskrcnn.losses import MASK_LOSSES
 from tinymaskrcnn.masks import expand_boxes, paste_masks_in_image, project_masks_on_boxes
 from tinymaskrcnn.model import MaskRCNN
+from tinymaskrcnn.plotting import save
+from tinymaskrcnn.plotting.masks import (
+    plot_class_masks,
+    plot_mask_target,
+    plot_paste,
+    plot_sigmoid_vs_softmax,
+)
+
+matplotlib.use("Agg")  # no window: every figure goes to a file
 
 FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 FIT_STEPS = 60
@@ -54,8 +64,8 @@ def step1_target(image, target, k):
     print(f"1. Object {k} ({ShapesDataset.CLASSES[target['labels'][k]]}), gt box {box.round(1)}")
     print(f"   proposal {proposal.round(1)} -> 28x28 target, mean {mask_target.mean():.3f},")
     print(f"   {soft:.0%} of its pixels fractional (the object's edge, resampled by RoIAlign)")
-    fig = viz.plot_mask_target(image, gt_mask, proposal, mask_target)
-    print(f"   -> {viz.save(fig, FIGURES / '07_mask_target.png')}")
+    fig = plot_mask_target(image, gt_mask, proposal, mask_target)
+    print(f"   -> {save(fig, FIGURES / '07_mask_target.png')}")
     return proposal, mask_target
 
 
@@ -92,7 +102,7 @@ def step2_fit_head(model, image, proposal, label, mask_target):
     for c, name in enumerate(names):
         print(f"   class {c} ({name}): largest change of its 1x1 output filter {moved[c]:.4f}")
     probs = sigmoid(logits[0])
-    fig = viz.plot_class_masks(
+    fig = plot_class_masks(
         probs,
         names,
         label,
@@ -100,7 +110,7 @@ def step2_fit_head(model, image, proposal, label, mask_target):
         "the other classes' output filters never moved (their masks drift only with the "
         "shared layers)",
     )
-    print(f"   -> {viz.save(fig, FIGURES / '07_per_class_masks.png')}")
+    print(f"   -> {save(fig, FIGURES / '07_per_class_masks.png')}")
     return logits
 
 
@@ -115,8 +125,8 @@ def step3_sigmoid_vs_softmax(logits, label, mask_target):
     for kind, value, grad in zip(("sigmoid", "softmax"), values, grads, strict=True):
         touched = [c for c in range(grad.shape[0]) if np.abs(grad[c]).max() > 0]
         print(f"   {kind:7s}: loss {value:.4f}; channels with a gradient: {touched}")
-    fig = viz.plot_sigmoid_vs_softmax(grads[0], grads[1], ShapesDataset.CLASSES, values)
-    print(f"   -> {viz.save(fig, FIGURES / '07_sigmoid_vs_softmax.png')}")
+    fig = plot_sigmoid_vs_softmax(grads[0], grads[1], ShapesDataset.CLASSES, values)
+    print(f"   -> {save(fig, FIGURES / '07_sigmoid_vs_softmax.png')}")
 
 
 def step4_paste(image, target, k, proposal, logits, label):
@@ -128,8 +138,8 @@ def step4_paste(image, target, k, proposal, logits, label):
     iou = (gt & predicted).sum() / max((gt | predicted).sum(), 1)
     print("4. Pasting: box grown by 30/28 for the one-pixel padding, mask resized to the box")
     print(f"   expanded box {expanded.round(1)}; mask IoU with the gt at threshold 0.5: {iou:.3f}")
-    fig = viz.plot_paste(image, prob, proposal, expanded, pasted)
-    print(f"   -> {viz.save(fig, FIGURES / '07_paste.png')}")
+    fig = plot_paste(image, prob, proposal, expanded, pasted)
+    print(f"   -> {save(fig, FIGURES / '07_paste.png')}")
 
 
 def main():

@@ -29,13 +29,16 @@ import pathlib
 import tempfile
 import time
 
+import matplotlib
 import numpy as np
 
-from tinymaskrcnn import viz
 from tinymaskrcnn.config import MaskRCNNConfig
 from tinymaskrcnn.data.shapes import ShapesDataset
 from tinymaskrcnn.kernels import use_backend
 from tinymaskrcnn.model import LOSS_NAMES, MaskRCNN
+from tinymaskrcnn.plotting import save
+from tinymaskrcnn.plotting.detections import plot_detection_rows
+from tinymaskrcnn.plotting.training import plot_loss_curves
 from tinymaskrcnn.train import (
     LOG,
     TrainSettings,
@@ -44,6 +47,8 @@ from tinymaskrcnn.train import (
     read_log,
     train,
 )
+
+matplotlib.use("Agg")  # no window: every figure goes to a file
 
 FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 SHORT_STEPS = 300
@@ -81,7 +86,7 @@ def main():
     for name in (*LOSS_NAMES, "loss"):
         first, last = log[name][:20].mean(), log[name][-20:].mean()
         print(f"   {name:17s} first 20 steps {first:.3f} -> last 20 steps {last:.3f}")
-    viz.save(viz.plot_loss_curves(log, LOSS_NAMES), FIGURES / "08_loss_curves.png")
+    save(plot_loss_curves(log, LOSS_NAMES), FIGURES / "08_loss_curves.png")
 
     print("3. detections before and after")
     after = detect(result.model, shown)
@@ -95,7 +100,7 @@ def main():
         models["shipped model"] = shipped
     except FileNotFoundError:
         print("   (no shipped shapes model in this installation: its row is left out)")
-    viz.save(viz.plot_detection_rows(shown, rows, names), FIGURES / "08_before_after.png")
+    save(plot_detection_rows(shown, rows, names), FIGURES / "08_before_after.png")
 
     print(f"4. COCO AP on {EVAL_IMAGES} held-out images (seed 12345, never trained on)")
     for name, model in models.items():
@@ -118,8 +123,8 @@ def main():
             f"   step {step:5.0f}: box AP50 {evals['bbox_AP50'][k]:.3f}  "
             f"mask AP50 {evals['segm_AP50'][k]:.3f}  mask AP {evals['segm_AP'][k]:.3f}"
         )
-    fig = viz.plot_loss_curves(log, LOSS_NAMES, smooth=100)
-    viz.save(fig, FIGURES / "08_shapes_training.png")
+    fig = plot_loss_curves(log, LOSS_NAMES, smooth=100)
+    save(fig, FIGURES / "08_shapes_training.png")
     print(f"figures: {FIGURES}/08_loss_curves.png, 08_before_after.png, 08_shapes_training.png")
 
 
