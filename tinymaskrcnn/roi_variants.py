@@ -30,7 +30,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .roi_ops import bilinear_neighbours, roi_align_geometry, roi_align_sampling_points, roi_pool
+from .roi_ops import (
+    bilinear_neighbours,
+    roi_align_geometry,
+    roi_align_sampling_points,
+    roi_pool,
+    roi_pool_bins,
+)
 
 
 @dataclass(frozen=True)
@@ -328,31 +334,53 @@ def _crop_and_resize(v, features, rois, crop_size, scale):
     return out
 
 
-def _mmcv_roi_pool(features, rois, output_size, scale):
-    """mmcv's RoIPool: float RoI corners x1 s, (x2 + 1) s; float bin edges, floor/ceil, clip."""
-    n, c, h, w = features.shape
-    t = features.dtype.type  # the CUDA kernel computes the borders in the features' type
+def _mmcv_bins(rois, output_size, scale, height, width, t):
+    """mmcv RoIPool's bins: float corners x1 s, (x2 + 1) s, float bin edges, floor/ceil, clip.
+
+    t: the features' scalar type, in which the CUDA kernel computes. Returns y0, y1 (K, ph),
+    x0, x1 (K, pw) int64 cells (bin (i, j) is rows y0[i]:y1[i], columns x0[j]:x1[j]) and
+    ``valid`` (K,): False for a RoI of size <= 0, which the kernel skips (output 0).
+    """
     lo = rois[:, 1:3].astype(t) * t(scale)  # (K, 2) x1, y1
     hi = (rois[:, 3:5].astype(t) + t(1)) * t(scale)
 
-    def borders(axis, pooled, limit):  # (K, pooled) start and end cells of each bin
+    def borders(axis, pooled, limit):
         i = np.arange(pooled, dtype=t)
         size = ((hi[:, axis] - lo[:, axis]) / t(pooled))[:, None]
         start = np.floor(i * size + lo[:, axis, None]).astype(np.int64)
         end = np.ceil((i + t(1)) * size + lo[:, axis, None]).astype(np.int64)
         return np.clip(start, 0, limit), np.clip(end, 0, limit)
 
-    (x0, x1), (y0, y1) = borders(0, output_size[1], w), borders(1, output_size[0], h)
+    (y0, y1), (x0, x1) = borders(1, output_size[0], height), borders(0, output_size[1], width)
+    return y0, y1, x0, x1, (hi - lo > 0).all(axis=1)
+
+
+def _mmcv_roi_pool(features, rois, output_size, scale):
+    n, c, h, w = features.shape
+    y0, y1, x0, x1, valid = _mmcv_bins(rois, output_size, scale, h, w, features.dtype.type)
     out = np.zeros((len(rois), c, *output_size), features.dtype)
     for k, batch in enumerate(rois[:, 0].astype(np.int64)):
-        if (hi[k] - lo[k] <= 0).any():
-            continue  # the kernel skips the RoI: the output keeps its zeros
-        for i in range(output_size[0]):
+        for i in range(output_size[0] if valid[k] else 0):
             for j in range(output_size[1]):
                 window = features[batch, :, y0[k, i] : y1[k, i], x0[k, j] : x1[k, j]]
                 if window.size:
                     out[k, :, i, j] = window.reshape(c, -1).max(axis=1)
     return out
+
+
+def pool_bins(name, rois, output_size, feature_size, spatial_scale=1.0):
+    """The cells each bin of a RoIPool variant takes its max over (for drawing).
+
+    rois: (K, 5) input pixels; feature_size: (H, W). Returns y0, y1 (K, ph) and x0, x1
+    (K, pw) int64: bin (i, j) of RoI k covers rows y0[k, i]:y1[k, i], columns x0[k, j]:x1[k, j].
+    """
+    rois, (h, w) = np.asarray(rois, np.float64).reshape(-1, 5), feature_size
+    size = (output_size,) * 2 if np.isscalar(output_size) else tuple(output_size)
+    if rule(name).method == "mmcv":
+        return _mmcv_bins(rois, size, spatial_scale, h, w, np.float32)[:4]
+    if rule(name).sampler != "roi_pool":
+        raise ValueError(f"{name} samples points (see sample_points), it has no RoIPool bins")
+    return roi_pool_bins(rois, size, spatial_scale, h, w)
 
 
 def _run_many(group, features, rois, output_size, scale, ratio):

@@ -1,0 +1,1 @@
+"""Figures for the tutorials and the command line, one module per subject."""
