@@ -171,7 +171,7 @@ def _rule_difference(a, b, ratio_a, ratio_b):
     if (a.empty, a.count_floor) != (b.empty, b.count_floor):
         words.append("what an empty sampling grid gives")
     if ratio_a != ratio_b and a.sampler == "bilinear":
-        words.append(f"the sampling ratio ({ratio_a} vs {ratio_b}; 0 is adaptive)")
+        words.append(f"the sampling ratio ({ratio_a} vs {ratio_b})")
     return words or ["nothing in the rule: only this input's rounding"]
 
 
@@ -208,7 +208,7 @@ def diagnose(case, matches):
     other = next(
         (
             m
-            for m in _matches(sub)
+            for m in ranked_matches(sub)
             if m.name not in same or m.sampling_ratio != closest.sampling_ratio
         ),
         None,

@@ -198,13 +198,16 @@ def check_figure(case, matches):
     case: as roi_check.load_case returns it; matches: its ranked roi_variants.Match list.
     """
     first = matches[0]
-    same = {first.name, *roi_variants.equivalents(first.name)}
-    second = next(m for m in matches[1:] if m.name not in same)
     args = (case["features"], case["rois"], case["output_size"], case["spatial_scale"])
-    outs = [roi_variants.run(m.name, *args, m.sampling_ratio or 0) for m in (first, second)]
-    gap = np.abs(outs[0] - case["output"])
+    gap = np.abs(roi_variants.run(first.name, *args, first.sampling_ratio or 0) - case["output"])
     k, c = np.unravel_index(np.argmax(gap.max(axis=(2, 3))), gap.shape[:2])
     roi = case["rois"][k : k + 1]
+    # The runner-up is the rule that comes closest on that RoI, not on the whole case: the
+    # one that best explains the departure.
+    same = {first.name, *roi_variants.equivalents(first.name)}
+    on_roi = roi_variants.identify(case["features"], roi, case["output"][k : k + 1], *args[2:])
+    second = next(m for m in on_roi if m.name not in same)
+    outs = [roi_variants.run(m.name, *args, m.sampling_ratio or 0) for m in (first, second)]
     fig = Figure(figsize=(18, 4), layout="constrained")
     ax_map, *ax_bins = fig.subplots(1, 5, width_ratios=(1.5, 1, 1, 1, 1))
     _show_map(ax_map, case["features"][int(roi[0, 0]), c], f"RoI {k}, channel {c}")
@@ -229,6 +232,8 @@ def check_figure(case, matches):
             vmax=None if gap_panel else checked.max(),
         )
         ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]))
         ax.tick_params(labelsize=7)
         fig.colorbar(image, ax=ax, shrink=0.7)
     ax_map.set_xlabel(f"blue: {first.name}, orange: {second.name}", fontsize=8)
