@@ -54,13 +54,10 @@ def _draw_rule(ax, name, roi, output_size, spatial_scale, sampling_ratio, colour
         )
         for i in range(ph):
             for j in range(pw):
-                if y1[i] > y0[i] and x1[j] > x0[j]:
-                    ax.add_patch(
-                        Rectangle(
-                            (x0[j] - 0.5, y0[i] - 0.5), x1[j] - x0[j], y1[i] - y0[i],
-                            facecolor=COLOURS[(i + j) % 2], alpha=0.25, edgecolor=colour, lw=1.2,
-                        )
-                    )  # fmt: skip
+                if y1[i] > y0[i] and x1[j] > x0[j]:  # each bin its colour: they may overlap
+                    tint = COLOURS[(i * pw + j) % len(COLOURS)]
+                    corner, size = (x0[j] - 0.5, y0[i] - 0.5), (x1[j] - x0[j], y1[i] - y0[i])
+                    ax.add_patch(Rectangle(corner, *size, fc=tint, alpha=0.3, ec=tint, lw=1.5))
         return
     (points,) = roi_variants.sample_points(
         name, roi, output_size, (h, w), spatial_scale, sampling_ratio
@@ -110,20 +107,33 @@ def sampling_panels(fmap, roi, output_size, spatial_scale, sampling_ratio, panel
     return fig
 
 
-def difference_table(labels, gaps):
-    """Heat map of gaps: (L, L) max |difference| between rules on one shared case."""
+def difference_table(labels, gaps, vmax=5.0):
+    """Heat map of gaps: (L, L) max |difference| between rules on one shared case.
+
+    inf marks a pair where one rule gives NaN and the other a number (tensorrt-avg's empty
+    grids); colours saturate at ``vmax`` so that mmcv's -10000 does not hide the rest.
+    """
     n = len(labels)
     fig = Figure(figsize=(0.55 * n + 3.5, 0.5 * n + 2.5), layout="constrained")
     ax = fig.subplots()
-    image = ax.imshow(gaps, cmap="magma_r", vmin=0)
-    for i in range(n):
-        for j in range(n):
-            text = "0" if gaps[i, j] == 0 else f"{gaps[i, j]:.2f}"
-            dark = gaps[i, j] > 0.6 * gaps.max()
-            ax.text(j, i, text, ha="center", va="center", fontsize=6.5, color="w" if dark else "k")
+    image = ax.imshow(np.minimum(gaps, vmax), cmap="magma_r", vmin=0, vmax=vmax)
+    for (i, j), gap in np.ndenumerate(gaps):
+        text = (
+            "0"
+            if gap == 0
+            else "NaN"
+            if np.isinf(gap)
+            else f"{gap:.0e}"
+            if gap > 99
+            else f"{gap:.2f}"
+        )
+        colour = "w" if gap > 0.6 * vmax else "k"
+        ax.text(j, i, text, ha="center", va="center", fontsize=6.5, color=colour)
     ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=7.5)
     ax.set_yticks(range(n), labels, fontsize=7.5)
-    fig.colorbar(image, ax=ax, shrink=0.7, label="max |difference| over all outputs")
+    fig.colorbar(
+        image, ax=ax, shrink=0.7, label=f"max |difference| over all outputs (>= {vmax:g} dark)"
+    )
     ax.set_title("Pairwise max differences between rules (one random N(0,1) case)", fontsize=10)
     return fig
 
@@ -143,16 +153,16 @@ def corner_max(patch, origin, points, interpolated, corner_terms, reductions, di
     ax_map.imshow(patch, cmap="coolwarm", extent=(x0 - 0.5, x0 + w - 0.5, y0 + h - 0.5, y0 - 0.5))
     for (i, j), value in np.ndenumerate(patch):
         ax_map.text(x0 + j, y0 + i, f"{value:.2f}", ha="center", va="center", fontsize=8)
-    for (x, y), v, terms in zip(points, interpolated, corner_terms, strict=True):
-        ax_map.scatter([x], [y], color="k", s=18, zorder=3)
-        ax_map.annotate(
-            f"v={v:.2f}\nmax w·v={terms.max():.2f}", (x, y), xytext=(4, -14),
-            textcoords="offset points", fontsize=7, bbox=dict(fc="w", alpha=0.8, lw=0),
-        )  # fmt: skip
-    ax_map.set_title(
-        "one bin: 4 samples, each with its bilinear value v\nand the largest weighted corner term",
-        fontsize=9,
-    )
+    left, top = points.min(axis=0) - 0.5 * np.ptp(points, axis=0)
+    right, bottom = points.max(axis=0) + 0.5 * np.ptp(points, axis=0)
+    ax_map.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, lw=1.5))
+    lines = []
+    for i, ((x, y), v, terms) in enumerate(zip(points, interpolated, corner_terms, strict=True)):
+        ax_map.scatter([x], [y], color="k", s=22, zorder=3)
+        ax_map.annotate(str(i + 1), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=9)
+        lines.append(f"sample {i + 1}: v = {v:+.2f}, largest w·v = {terms.max():+.2f}")
+    ax_map.set_xlabel("\n".join(lines), fontsize=8)
+    ax_map.set_title("one bin (black box), its 4 samples on the map", fontsize=9)
     labels = list(reductions)
     ax_bar.barh(labels, [reductions[k] for k in labels], color=COLOURS[: len(labels)])
     for i, k in enumerate(labels):
@@ -181,8 +191,8 @@ def level_sweep(sides, by_rule, image_size):
     ax.fill_between(sides, 1.7, 5.3, where=disagree, step="post", color="tab:red", alpha=0.12,
                     label=f"{list(by_rule)[0]} and {list(by_rule)[-1]} disagree")  # fmt: skip
     ax.set_xscale("log", base=2)
-    ax.set_xticks([16, 32, 56, 64, 112, 128, 224, 256, 448, 512, 1024])
-    ax.set_xticklabels(["16", "32", "56", "64", "112", "128", "224", "256", "448", "512", "1024"])
+    ticks = [16, 32, 56, 80, 112, 160, 224, 320, 448, 640, 1024]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_yticks([2, 3, 4, 5], ["P2", "P3", "P4", "P5"])
     ax.set_xlabel("side of a square box (input pixels)")
     ax.set_title(
