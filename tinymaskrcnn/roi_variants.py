@@ -19,6 +19,13 @@ features (N, C, H, W); rois (K, 5) ``[batch_index, x1, y1, x2, y2]`` in input-im
 pixels; ``spatial_scale`` takes them to the feature map; ``sampling_ratio <= 0`` is
 adaptive (ceil(roi size / output size) per axis). Sample points are in cell-index units
 (cell (i, j) centred on x = j, y = i), as in roi_ops.
+
+Like roi_ops, the RoIAlign geometry is computed in float64 where the frameworks use the
+features' float32: the numbers agree to float32 rounding (tested against onnxruntime,
+OpenVINO and TensorFlow), except that a sample landing within rounding of the map's
+outer limit (-1 or H) may fall on the other side of it, where the bilinear rule jumps
+from the edge value to 0. TensorFlow's crop_and_resize is reproduced in float32 throughout,
+since its in-bounds test at exactly 0 and size - 1 is hit by ordinary boxes.
 """
 
 from __future__ import annotations
@@ -461,23 +468,6 @@ class Match(NamedTuple):
     fraction_close: float
 
 
-def all_outputs(features, rois, output_size, spatial_scale=1.0, ratios=range(5)):
-    """Yield (sampling_ratio, {name: (K, C, ph, pw)}) covering every variant and ratio.
-
-    Arguments as for ``run``; ratios: the sampling ratios to try (variants that take none
-    come once, with sampling_ratio None). RoIAlign variants with the same geometry share
-    one pass over the samples, which makes trying all of them cheap.
-    """
-    features, rois, output_size, scale = _check_inputs(features, rois, output_size, spatial_scale)
-    groups = {}
-    for v in _VARIANTS.values():
-        key = (v.shift_in, v.aligned) if v.sampler == "bilinear" else v.name
-        groups.setdefault(key, []).append(v)
-    for group in groups.values():
-        for ratio in ratios if group[0].sampler == "bilinear" else [None]:
-            yield ratio, _run_many(group, features, rois, output_size, scale, ratio)
-
-
 def identify(
     features,
     rois,
@@ -510,13 +500,21 @@ def identify(
     def rank(m):
         return (-m.fraction_close, m.max_abs_error, order[m.name])
 
+    # RoIAlign variants with the same geometry share one pass over the samples.
+    groups = {}
+    for v in _VARIANTS.values():
+        groups.setdefault(
+            (v.shift_in, v.aligned) if v.sampler == "bilinear" else v.name, []
+        ).append(v)
     best = {}
-    for ratio, outs in all_outputs(features, rois, output_size, scale, ratios):
-        for name, candidate in outs.items():
-            gap = np.nan_to_num(np.abs(candidate - output), nan=np.inf)  # NaN is never close
-            close = (gap <= atol + rtol * np.abs(output)).mean() if gap.size else 1.0
-            match = Match(name, ratio, float(gap.max(initial=0.0)), float(close))
-            best[name] = min(best.get(name, match), match, key=rank)  # ties keep the first
+    for group in groups.values():
+        for ratio in ratios if group[0].sampler == "bilinear" else [None]:
+            outs = _run_many(group, features, rois, output_size, scale, ratio)
+            for name, candidate in outs.items():
+                gap = np.nan_to_num(np.abs(candidate - output), nan=np.inf)  # NaN is never close
+                close = (gap <= atol + rtol * np.abs(output)).mean() if gap.size else 1.0
+                match = Match(name, ratio, float(gap.max(initial=0.0)), float(close))
+                best[name] = min(best.get(name, match), match, key=rank)  # ties keep the first
     return sorted(best.values(), key=rank)
 
 
