@@ -6,6 +6,7 @@
     tinymaskrcnn evaluate [--checkpoint FILE] [--coco JSON] [--num-images N] [--seed N]
     tinymaskrcnn bench [--backend NAME|all] [--quick]
     tinymaskrcnn convert-torchvision IN.pth OUT.safetensors
+    tinymaskrcnn check CASE.npz [--layout L] [--boxes xyxy|normalized-yxyx] [--save-figure PNG]
 
 ``train``, ``predict`` and ``evaluate`` run the training loop (train.py), one image
 through a model (by default the shapes model shipped in the package) and COCO AP
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     _add_tour(commands)
-    for add in (_add_train, _add_predict, _add_evaluate, _add_bench, _add_convert):
+    for add in (_add_train, _add_predict, _add_evaluate, _add_bench, _add_convert, _add_check):
         add(commands)
     args = parser.parse_args(argv)
     return args.run(args)
@@ -885,6 +886,35 @@ def _run_convert(args) -> int:
         sys.exit(f"tinymaskrcnn convert-torchvision: {err}")
     print(f"wrote {path}")
     return 0
+
+
+def _add_check(commands):
+    p = commands.add_parser(
+        "check",
+        help="say which framework's RoIAlign rule produced an output (roi_check.py)",
+        description="Load CASE.npz (features, rois, output; optional spatial_scale, "
+        "sampling_ratio), run every RoIAlign variant (torchvision, ONNX, onnxruntime, "
+        "OpenVINO, mmcv, TensorRT, Caffe2, TensorFlow, RoIPool) and print them ranked, a "
+        "verdict, and where the closest one departs. Exit 0 on a match, 1 on none, 2 on bad input.",
+    )
+    p.add_argument("case", type=pathlib.Path, help="the .npz file")
+    p.add_argument(
+        "--layout", choices=("nchw", "nhwc"), default="nchw", help="of features and output"
+    )
+    p.add_argument(
+        "--boxes",
+        choices=("xyxy", "normalized-yxyx"),
+        default="xyxy",
+        help="xyxy: input pixels; normalized-yxyx: TensorFlow's [y1, x1, y2, x2] over size - 1",
+    )
+    p.add_argument("--save-figure", metavar="PNG", help="draw the RoI with the largest gap")
+    p.set_defaults(run=_roi_check)
+
+
+def _roi_check(args) -> int:
+    from .roi_check import check
+
+    return check(args.case, args.layout, args.boxes, args.save_figure)
 
 
 if __name__ == "__main__":

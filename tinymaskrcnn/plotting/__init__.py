@@ -1,7 +1,8 @@
 """Plots of every stage, one module per stage, and the pieces they share.
 
 ``plotting.anchors``, ``.matching``, ``.boxes``, ``.roi_ops``, ``.fpn``, ``.rpn``,
-``.masks``, ``.detections`` and ``.training`` each draw one stage from plain arrays
+``.masks``, ``.detections``, ``.training`` and ``.roi_variants`` (RoIAlign across
+frameworks) each draw one stage from plain arrays
 (documented like the stage modules) and return a matplotlib figure; ``save(fig, path)``
 writes it as a PNG. This module holds what they share: the palette, the image and box
 drawing, and the legend placement.
