@@ -120,3 +120,17 @@ def test_evaluate_reads_a_coco_json(run_dir, tmp_path, capsys):
             "--coco", json_path, "--backend", "numpy"]  # fmt: skip
     assert main(args) == 0
     assert "2 images of" in capsys.readouterr().out
+
+
+def test_every_train_setting_is_a_documented_train_option(capsys):
+    import dataclasses
+
+    from tinymaskrcnn.train import TrainSettings
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for field in dataclasses.fields(TrainSettings):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in out, flag
+    assert "--warmup-iters WARMUP_ITERS" in out and "steps of linear warm-up" in out

@@ -68,19 +68,27 @@ _SHORT = {
 class TrainSettings:
     """How to train (the model's own hyper-parameters are in MaskRCNNConfig).
 
-    steps: optimizer steps in total (a resumed run continues up to this number).
-    batch_size: images per step.
-    lr, momentum, weight_decay: SGD (nn/optim.py); ``lr`` after the warm-up.
-    warmup_iters: steps of linear warm-up from ``lr / 1000``.
-    milestones: steps at which the rate is multiplied by ``gamma``; None puts one at
-        80% of ``steps`` (fixed when the run starts, so a resumed run keeps it).
-    seed: seeds the initial weights, the samplers and the batches.
-    train_images, train_seed: the shapes training set (when no dataset is passed).
-    hflip: flip each image left to right with probability 0.5.
-    checkpoint_every: steps between checkpoints.
-    eval_every: steps between evaluations on the held-out set (0: only at the end
-        when ``eval_images`` > 0).
-    eval_images, eval_seed: the held-out shapes set; 0 images skips evaluation.
+    Each field is also an option of ``tinymaskrcnn train`` (``--warmup-iters`` for
+    warmup_iters), whose help is the line below.
+
+    steps: optimizer steps in total (a resumed run continues up to this number)
+    batch_size: images per step
+    lr: SGD's learning rate after the warm-up (nn/optim.py)
+    momentum: SGD's momentum
+    weight_decay: SGD's L2 weight decay
+    warmup_iters: steps of linear warm-up from lr / 1000
+    milestones: steps at which the rate is multiplied by gamma; none given puts one at
+        80% of steps (fixed when the run starts, so a resumed run keeps it)
+    gamma: the factor of the rate at each milestone
+    seed: seeds the initial weights, the samplers and the batches
+    train_images: size of the shapes training set (when no dataset is passed)
+    train_seed: seed of the shapes training set
+    hflip: flip each image left to right with probability 0.5
+    checkpoint_every: steps between checkpoints
+    eval_every: steps between evaluations on the held-out set (0: only at the end,
+        when eval_images > 0)
+    eval_images: size of the held-out shapes set; 0 skips evaluation
+    eval_seed: seed of the held-out shapes set
     """
 
     steps: int = 3600
