@@ -1,4 +1,4 @@
-"""roi_ops.py: RoIPool, RoIAlign, crop_and_resize and MultiScaleRoIAlign (the reference).
+"""roi_ops/: RoIPool, RoIAlign, crop_and_resize and MultiScaleRoIAlign (the reference).
 
 Hand-computed cases first (a 5x5 arange map, the 8x8 RoIPool example of tutorial 04),
 then invariants as hypothesis properties, float64 central-difference checks of both

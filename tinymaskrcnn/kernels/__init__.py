@@ -46,7 +46,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "box_decode": {"numba": "numba_boxes.box_decode", "cuda": "cuda_boxes.box_decode"},
     "nms": {"numba": "numba_boxes.nms", "cuda": "cuda_boxes.nms"},
     "batched_nms": {"numba": "numba_boxes.batched_nms", "cuda": "cuda_boxes.batched_nms"},
-    # roi_ops.py
+    # roi_ops/
     "roi_align": {"numba": "numba_roi_ops.roi_align", "cuda": "cuda_roi_ops.roi_align"},
     "roi_align_backward": {
         "numba": "numba_roi_ops.roi_align_backward",

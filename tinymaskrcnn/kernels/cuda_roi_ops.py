@@ -1,4 +1,4 @@
-"""Numba CUDA kernels for roi_ops.py: RoIAlign and RoIPool, forward and backward.
+"""Numba CUDA kernels for roi_ops/: RoIAlign and RoIPool, forward and backward.
 
 One thread per output element (k, c, ph, pw), ordered with pw fastest so that
 neighbouring threads read neighbouring columns of the feature map. The backward

@@ -1,6 +1,6 @@
-"""Numba CPU kernels for roi_ops.py: RoIAlign and RoIPool, forward and backward.
+"""Numba CPU kernels for roi_ops/: RoIAlign and RoIPool, forward and backward.
 
-Same results as the NumPy reference in ``tinymaskrcnn/roi_ops.py``, which validates the
+Same results as the NumPy reference in ``tinymaskrcnn/roi_ops/``, which validates the
 inputs and computes the per-RoI geometry (``roi_align_geometry``, ``roi_pool_bins``)
 that these kernels take, so that every backend places its samples and bins from the
 very same numbers.
