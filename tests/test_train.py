@@ -7,16 +7,9 @@ from tiny_model import tiny_config as shared_tiny_config
 from tinymaskrcnn.config import MaskRCNNConfig
 from tinymaskrcnn.data.shapes import ShapesDataset
 from tinymaskrcnn.model import LOSS_NAMES, MaskRCNN
-from tinymaskrcnn.train import (
-    CHECKPOINT,
-    LOG,
-    WEIGHTS,
-    TrainSettings,
-    batch_at,
-    load_training_state,
-    read_log,
-    train,
-)
+from tinymaskrcnn.run_folder import CHECKPOINT, LOG, WEIGHTS, read_log
+from tinymaskrcnn.train import batch_at, train
+from tinymaskrcnn.train_state import TrainSettings, load_training_state
 
 
 def tiny_config():
@@ -197,7 +190,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss(tmp_path):
 
 
 def test_a_half_precision_export_loads_back_within_float16_rounding(tmp_path, data):
-    from tinymaskrcnn.train import export_weights
+    from tinymaskrcnn.train_state import export_weights
 
     result = run(tmp_path, data, steps=1)
     path = export_weights(tmp_path / CHECKPOINT, tmp_path / "half.safetensors")

@@ -57,7 +57,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "numba": "numba_roi_ops.roi_pool_backward",
         "cuda": "cuda_roi_ops.roi_pool_backward",
     },
-    # nn/conv.py
+    # nn/im2col.py, nn/conv.py
     "im2col": {"numba": "numba_conv.im2col"},
     "col2im": {"numba": "numba_conv.col2im"},
     "conv2d": {"cuda": "cuda_conv.conv2d"},

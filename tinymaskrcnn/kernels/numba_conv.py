@@ -1,4 +1,4 @@
-"""Numba CPU kernels for nn/conv.py: the im2col and col2im copies, in parallel.
+"""Numba CPU kernels for nn/im2col.py: the im2col and col2im copies, in parallel.
 
 What was measured (benchmarks/RESULTS.md, "Backbone"): the matrix product of a
 convolution is already BLAS (OpenBLAS sgemm, multi-threaded) in the reference, and no
@@ -50,7 +50,7 @@ def _col2im(cols, kh, kw, sh, sw, dh, dw, r0, r1, wo, out):
 
 
 def im2col(xp, kernel_size, stride, dilation, rows, out=None):
-    """Same contract as ``tinymaskrcnn.nn.conv.im2col``."""
+    """Same contract as ``tinymaskrcnn.nn.im2col.im2col``."""
     (kh, kw), (sh, sw), (dh, dw), (r0, r1) = kernel_size, stride, dilation, rows
     n, c, _, wp = xp.shape
     wo = (wp - dw * (kw - 1) - 1) // sw + 1

@@ -10,14 +10,8 @@ see ``module.py``.
 """
 
 from . import init
-from .conv import (
-    Conv2d,
-    ConvTranspose2d,
-    conv2d,
-    conv2d_backward,
-    conv_transpose2d,
-    conv_transpose2d_backward,
-)
+from .conv import Conv2d, conv2d, conv2d_backward
+from .conv_transpose import ConvTranspose2d, conv_transpose2d, conv_transpose2d_backward
 from .layers import (
     BatchNorm2d,
     FrozenBatchNorm2d,
