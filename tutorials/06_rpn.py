@@ -101,7 +101,16 @@ def run_rpn(model, image):
     objectness, deltas = seen["rpn_head"]["objectness"], seen["rpn_head"]["deltas"]
     last = seen["anchors"]
     shapes = [f.shape[2:] for f in features]
-    return batch, sizes[0], last["anchors"], objectness[0], deltas[0], last["num_per_level"], shapes
+    return (
+        batch,
+        sizes[0],
+        last["anchors"],
+        objectness[0],
+        deltas[0],
+        last["num_per_level"],
+        shapes,
+        seen,
+    )
 
 
 def step1_objectness(image, anchors_per_level, objectness, shapes, padded):
@@ -109,7 +118,7 @@ def step1_objectness(image, anchors_per_level, objectness, shapes, padded):
     maps, strides, start = [], [], 0
     for level, ((h, w), count) in enumerate(zip(shapes, anchors_per_level, strict=True), start=2):
         logits = objectness[start : start + count].reshape(h, w, -1)
-        prob = 1 / (1 + np.exp(-np.clip(logits.max(axis=2), -50, 50)))
+        prob = nn.sigmoid(logits.max(axis=2))
         start += count
         stride = padded[0] // h
         # the map covers the padded batch; show the part over the image
@@ -160,17 +169,20 @@ def step2_anchor_labels(image, target, anchors, num_per_level, cfg):
     print(f"   -> {save(fig, FIGURES / '06_anchor_labels.png')}")
 
 
-def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg):
+def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg, seen):
     print("3. Proposals: top-n per level, decode, clip, drop tiny boxes, NMS per level:")
     idx = top_n_per_level(objectness, num_per_level, cfg.rpn_pre_nms_top_n_test)
     level = np.repeat(np.arange(len(num_per_level)), num_per_level)[idx]
     boxes = clip_boxes(BoxCoder().decode(deltas[idx], anchors[idx]), size)
-    scores = 1 / (1 + np.exp(-objectness[idx]))
+    scores = nn.sigmoid(objectness[idx])
     keep = remove_small_boxes(boxes, MIN_PROPOSAL_SIZE)
     boxes, scores, level = boxes[keep], scores[keep], level[keep]
     order = np.argsort(-scores, kind="stable")
     survivors = batched_nms(boxes, scores, level, cfg.rpn_nms_thresh)
     kept = survivors[: cfg.rpn_post_nms_top_n_test]
+    # The steps spelled out above are the RPN's own: its forward reported the same boxes.
+    assert np.array_equal(boxes, seen["proposal_candidates"]["boxes"][0])
+    assert np.array_equal(boxes[kept], seen["proposals"]["boxes"][0])
     print(
         f"   {len(anchors)} anchors -> {len(idx)} after top-{cfg.rpn_pre_nms_top_n_test} per "
         f"level -> {len(boxes)} after clipping and size filter -> {len(survivors)} after NMS "
@@ -203,11 +215,11 @@ def main():
     print(f"Image 0 of the shapes dataset: {len(target['boxes'])} objects")
     model = get_model(image, target)
     cfg = MaskRCNNConfig.shapes()
-    batch, size, anchors, objectness, deltas, num_per_level, shapes = run_rpn(model, image)
+    batch, size, anchors, objectness, deltas, num_per_level, shapes, seen = run_rpn(model, image)
     step1_objectness(image, num_per_level, objectness, shapes, batch.shape[2:])
     # the image is not resized (128 -> 128), so the targets are in the anchors' frame
     step2_anchor_labels(image, target, anchors, num_per_level, cfg)
-    step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg)
+    step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg, seen)
 
 
 if __name__ == "__main__":

@@ -50,10 +50,6 @@ FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
 FIT_STEPS = 60
 
 
-def sigmoid(x):
-    return 1 / (1 + np.exp(-np.clip(x, -50, 50)))
-
-
 def step1_target(image, target, k):
     gt_mask = target["masks"][k]
     box = target["boxes"][k]
@@ -101,7 +97,7 @@ def step2_fit_head(model, image, proposal, label, mask_target):
     names = ShapesDataset.CLASSES
     for c, name in enumerate(names):
         print(f"   class {c} ({name}): largest change of its 1x1 output filter {moved[c]:.4f}")
-    probs = sigmoid(logits[0])
+    probs = nn.sigmoid(logits[0])
     fig = plot_class_masks(
         probs,
         names,
@@ -130,7 +126,7 @@ def step3_sigmoid_vs_softmax(logits, label, mask_target):
 
 
 def step4_paste(image, target, k, proposal, logits, label):
-    prob = sigmoid(logits[0, label])
+    prob = nn.sigmoid(logits[0, label])
     pasted = paste_masks_in_image(prob[None, None], proposal[None], image.shape[1:])[0, 0]
     expanded = expand_boxes(proposal[None], 30 / 28)[0]
     gt = target["masks"][k].astype(bool)
