@@ -147,7 +147,7 @@ def load_training_state(path):
     model = MaskRCNN(cfg, rng=np.random.default_rng(settings.seed))
     weights = model_weights(state)
     model.load_state_dict(weights)
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(0)  # a generator whose state the saved one replaces
     rng.bit_generator.state = json.loads(metadata["rng"])
     model.rng = rng
     optimizer = make_optimizer(model, settings)

@@ -1,4 +1,4 @@
-"""The numba and CUDA kernels of roi_ops.py equal the NumPy reference.
+"""The numba and CUDA kernels of roi_ops/ equal the NumPy reference.
 
 Random feature maps and RoIs of every kind (inside, across the border, wholly outside,
 zero-sized, larger than the map), both dtypes, every sampling mode; CUDA runs under
