@@ -30,6 +30,48 @@ if not GPU_RUN:
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
+
+def _lock_the_simulators_shared_arrays():
+    """Make Numba's simulated ``cuda.shared.array`` give every thread of a block one array.
+
+    The simulator (numba-cuda 0.30.4, ``FakeCUDAShared.array``) finds a block's shared
+    array in a dict keyed by the calling line and creates it on a miss, with nothing
+    between the look-up and the insertion. Two threads of a block that both miss each
+    create an array; the one whose insertion is overwritten writes its tile to an array
+    no other thread reads, which then reads the uninitialised (``np.empty``) slot
+    instead: now and then a few outputs of a tiled kernel are garbage such as 1e17 --
+    the conv backward (and its bias gradient) under the simulator failed about one run
+    in ten (``tests/kernels/test_conv_kernels.py``). On a GPU shared memory is one
+    allocation per block, so the kernels themselves are right. This serialises the
+    look-up and creation; the key is the kernel's own line, as the simulator's.
+    """
+    import threading
+    import traceback
+
+    import numpy as np
+    from numba.cuda.simulator import kernelapi
+
+    original = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0 or alignment is not None:  # dynamic shared memory: no look-up race
+            return original(self, shape, dtype, alignment)
+        if isinstance(dtype, kernelapi.types.Type):
+            dtype = kernelapi.numpy_support.as_dtype(dtype)
+        caller = tuple(traceback.extract_stack(sys._getframe(1), limit=1)[0][:2])
+        with lock:
+            found = self._allocations.get(caller)
+            if found is None:
+                found = self._allocations[caller] = np.empty(shape, dtype)
+        return found
+
+    kernelapi.FakeCUDAShared.array = array
+
+
+if not GPU_RUN:
+    _lock_the_simulators_shared_arrays()
+
 settings.register_profile(
     "ci",
     deadline=None,
