@@ -191,7 +191,7 @@ def roi_align_backward(
     if fast is not None:
         return fast(grad_out, geometry, (n, c, h, w))
     grad = np.zeros((n, c, h * w), grad_out.dtype)
-    if h == 0 or w == 0:
+    if h == 0 or w == 0 or c == 0:
         return grad.reshape(n, c, h, w)
     for k, (batch, roi_points) in enumerate(
         zip(geometry[0], _points(geometry, output_size), strict=True)

@@ -67,6 +67,8 @@ def roi_pool(features, rois, output_size, spatial_scale=1.0):
     ph, pw = output_size
     out = np.zeros((len(rois), c, ph, pw), features.dtype)
     argmax = np.full((len(rois), c, ph, pw), -1, np.int64)
+    if c == 0:  # no channels: nothing to pool (the loop below reshapes per channel)
+        return out, argmax
     for k, image in enumerate(batch):
         for i in range(ph):
             for j in range(pw):
