@@ -79,9 +79,8 @@ def test_eval_detections_equal_torchvisions(parity, backend):
     )
 
 
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_train_losses_and_gradients_equal_torchvisions(parity, backend):
-    fx, model = parity
+def _train_step(model, backend):
+    """One float64 training step of the parity model: its losses and the fixture's gradients."""
     image, target = gen_model.make_scene()
     model.train().astype(np.float64)
     try:
@@ -89,16 +88,69 @@ def test_train_losses_and_gradients_equal_torchvisions(parity, backend):
             losses = model([image.astype(np.float64)], [target])
             model.zero_grad()
             model.backward()
-        for name in LOSS_NAMES:
-            assert losses[name] == pytest.approx(float(fx[name]), rel=1e-4), name
         params = dict(model.named_parameters())
-        for name in gen_model.GRAD_NAMES:
-            ours = params[name].grad[gen_model.grad_slice(name)]
-            ref = fx[f"grad/{name}"]
-            scale = np.abs(ref).max()
-            np.testing.assert_allclose(ours, ref, atol=1e-4 * scale, rtol=1e-4, err_msg=name)
+        grads = {n: params[n].grad[gen_model.grad_slice(n)].copy() for n in gen_model.GRAD_NAMES}
+        return losses, grads
     finally:
         model.astype(np.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def trained(parity):
+    """backend -> (losses, gradients) of one training step, each backend run once."""
+    runs = {}
+
+    def run(backend):
+        if backend not in runs:
+            runs[backend] = _train_step(parity[1], backend)
+        return runs[backend]
+
+    return run
+
+
+# What the fixture holds: torchvision's float64 run, except that (a) its loss_objectness
+# is exactly a float32 number (torchvision's RPN labels are float32 and the loss came out
+# in their precision; ours differs from it by one float32 ulp), so it can agree to
+# float32 only, and (b) the gradients were rounded to float32 to keep the file small:
+# float64 gradients equal to rounding show as a relative difference of at most 2**-24
+# (half a float32 ulp).
+OBJECTNESS_RTOL = 2.0**-22  # two float32 ulps
+GRAD_RTOL = 2.0**-23
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_train_losses_and_gradients_equal_torchvisions(parity, trained, backend):
+    # Looser than float64 rounding because the resized target boxes are float32 here
+    # (the xfail test below holds the float64 bound): 1e-8 relative in the losses.
+    fx = parity[0]
+    losses, grads = trained(backend)
+    for name in LOSS_NAMES:
+        assert losses[name] == pytest.approx(float(fx[name]), rel=1e-7), name
+    for name, ours in grads.items():
+        ref = fx[f"grad/{name}"]
+        scale = np.abs(ref).max()
+        np.testing.assert_allclose(ours, ref, rtol=5e-7, atol=5e-7 * scale, err_msg=name)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="transform.check_targets/resize_boxes round the resized target boxes to float32 "
+    "even in a float64 model; torchvision keeps them float64, so four losses differ by "
+    "~1e-8 relative and small gradient entries by up to ~2e-5 relative",
+)
+def test_train_losses_and_gradients_equal_torchvisions_to_float64_rounding(parity, trained):
+    fx = parity[0]
+    losses, grads = trained("numpy")
+    assert losses["loss_objectness"] == pytest.approx(
+        float(fx["loss_objectness"]), rel=OBJECTNESS_RTOL
+    )
+    for name in LOSS_NAMES:
+        if name != "loss_objectness":
+            assert losses[name] == pytest.approx(float(fx[name]), rel=1e-10, abs=0), name
+    for name, ours in grads.items():
+        ref = fx[f"grad/{name}"]
+        scale = np.abs(ref).max()
+        np.testing.assert_allclose(ours, ref, rtol=GRAD_RTOL, atol=1e-12 * scale, err_msg=name)
 
 
 # --- the whole-model gradient check (float64, central differences) -----------------
@@ -121,8 +173,14 @@ CHECKED = [
 ]
 
 
-def test_whole_model_gradient_matches_central_differences():
-    cfg = tiny_config()
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"roi_op": "pool", "mask_loss": "softmax"}],
+    ids=["align-sigmoid", "pool-softmax"],
+)
+def test_whole_model_gradient_matches_central_differences(options):
+    # The second: RoIPool's backward and the softmax mask loss's, wired into the model.
+    cfg = tiny_config(**options)
     model = MaskRCNN(cfg, rng=np.random.default_rng(1)).astype(np.float64)
     image, target = scene(seed=3)
     image = image.astype(np.float64)

@@ -12,6 +12,9 @@ from tinymaskrcnn import nn
 from tinymaskrcnn.nn import conv as conv_mod
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+# torch computed the fixture in float64, as we do: equal to rounding (sums in another
+# order), rtol and atol both stated (assert_allclose alone would allow rtol 1e-7).
+F64 = {"rtol": 1e-10, "atol": 1e-12}
 
 
 def naive_conv2d(x, w, b, stride, padding, dilation, groups):
@@ -55,21 +58,21 @@ def test_conv2d_forward_and_backward_match_torch(case):
     f = np.load(FIXTURES / "nn_ops.npz")
     c, o, k, s, p, d, g, h, w = f[f"conv{case}_args"]
     x, wt, b = f[f"conv{case}_x"], f[f"conv{case}_w"], f[f"conv{case}_b"]
-    np.testing.assert_allclose(nn.conv2d(x, wt, b, s, p, d, g), f[f"conv{case}_y"], atol=1e-12)
+    np.testing.assert_allclose(nn.conv2d(x, wt, b, s, p, d, g), f[f"conv{case}_y"], **F64)
     gx, gw, gb = nn.conv2d_backward(f[f"conv{case}_gy"], x, wt, s, p, d, g)
-    np.testing.assert_allclose(gx, f[f"conv{case}_gx"], atol=1e-12)
-    np.testing.assert_allclose(gw, f[f"conv{case}_gw"], atol=1e-11)
-    np.testing.assert_allclose(gb, f[f"conv{case}_gb"], atol=1e-11)
+    np.testing.assert_allclose(gx, f[f"conv{case}_gx"], **F64)
+    np.testing.assert_allclose(gw, f[f"conv{case}_gw"], **F64)
+    np.testing.assert_allclose(gb, f[f"conv{case}_gb"], **F64)
 
 
 def test_transposed_conv_forward_and_backward_match_torch():
     f = np.load(FIXTURES / "nn_ops.npz")
     y = nn.conv_transpose2d(f["convT_x"], f["convT_w"], f["convT_b"], stride=2)
-    np.testing.assert_allclose(y, f["convT_y"], atol=1e-12)
+    np.testing.assert_allclose(y, f["convT_y"], **F64)
     gx, gw, gb = nn.conv_transpose2d_backward(f["convT_gy"], f["convT_x"], f["convT_w"], 2)
-    np.testing.assert_allclose(gx, f["convT_gx"], atol=1e-12)
-    np.testing.assert_allclose(gw, f["convT_gw"], atol=1e-12)
-    np.testing.assert_allclose(gb, f["convT_gb"], atol=1e-12)
+    np.testing.assert_allclose(gx, f["convT_gx"], **F64)
+    np.testing.assert_allclose(gw, f["convT_gw"], **F64)
+    np.testing.assert_allclose(gb, f["convT_gb"], **F64)
 
 
 @given(
@@ -129,6 +132,22 @@ def test_transposed_conv_layer_gradients_match_central_differences(stride, paddi
     rng = np.random.default_rng(stride + 7 * padding)
     layer = nn.ConvTranspose2d(3, 4, 3 if padding else 2, stride, padding, rng=rng)
     check_module_gradients(layer.astype(np.float64), rng.standard_normal((2, 3, 4, 5)), rng)
+
+
+@pytest.mark.parametrize(
+    "stride,padding,output_padding,dilation,groups",
+    [(2, 1, 1, 1, 1), (1, 2, 0, 2, 1), (2, 0, 0, 1, 2), (3, 1, 2, 2, 2)],
+)
+def test_transposed_conv_output_padding_dilation_groups_gradients_match_central_differences(
+    stride, padding, output_padding, dilation, groups
+):
+    # conv_transpose2d_backward's other arguments: the mask head uses none of them.
+    rng = np.random.default_rng(stride + 5 * dilation + 11 * groups)
+    layer = nn.ConvTranspose2d(
+        4, 6, 3, stride, padding, output_padding, groups, dilation=dilation, rng=rng
+    ).astype(np.float64)
+    layer.bias.data = rng.standard_normal(6)
+    assert check_module_gradients(layer, rng.standard_normal((2, 4, 3, 4)), rng) == 2
 
 
 def test_a_frozen_conv_passes_gradients_but_keeps_no_weight_gradient():

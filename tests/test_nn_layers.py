@@ -10,6 +10,9 @@ from tinymaskrcnn import nn
 from tinymaskrcnn.nn.layers import nearest_indices
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+# torch computed the fixture in float64, as we do: equal to rounding (sums in another
+# order), rtol and atol both stated (assert_allclose alone would allow rtol 1e-7).
+F64 = {"rtol": 1e-10, "atol": 1e-12}
 
 
 def test_max_pool_of_a_4x4_arange_takes_each_windows_bottom_right():
@@ -29,7 +32,7 @@ def test_max_pool_forward_and_backward_match_torch_including_ties():
     y, argmax = nn.max_pool2d(f["pool_x"], 3, 2, 1)
     np.testing.assert_array_equal(y, f["pool_y"])
     gx = nn.max_pool2d_backward(f["pool_gy"], argmax, f["pool_x"].shape)
-    np.testing.assert_allclose(gx, f["pool_gx"], atol=1e-12)
+    np.testing.assert_allclose(gx, f["pool_gx"], **F64)
 
 
 def test_nearest_indices_from_3_to_5_repeat_the_first_two_rows():
@@ -66,6 +69,27 @@ def test_relu_layer_gradients_match_central_differences():
 def test_max_pool_layer_gradients_match_central_differences():
     rng = np.random.default_rng(2)
     check_module_gradients(nn.MaxPool2d(3, 2, 1), rng.standard_normal((2, 2, 7, 6)), rng)
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,shape",
+    [
+        (2, 2, 0, (1, 2, 5, 7)),
+        (3, 1, 1, (2, 1, 4, 5)),
+        (1, 2, 0, (1, 2, 5, 4)),
+        (2, 3, 1, (1, 1, 1, 7)),
+    ],
+)
+def test_max_pool2d_backward_matches_central_differences(kernel, stride, padding, shape):
+    # Non-overlapping, overlapping, P6's kernel 1 stride 2, and a one-row map; distinct
+    # values, so each max is differentiable. Cells no window picks get 0.
+    rng = np.random.default_rng(kernel + 3 * stride)
+    x = rng.permutation(np.prod(shape)).reshape(shape) / 7.0 + rng.uniform(0, 0.01, shape)
+    y, argmax = nn.max_pool2d(x, kernel, stride, padding)
+    r = rng.standard_normal(y.shape)
+    g = nn.max_pool2d_backward(r, argmax, x.shape)
+    num = numerical_grad(lambda: float((nn.max_pool2d(x, kernel, stride, padding)[0] * r).sum()), x)
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-9)
 
 
 def test_frozen_batch_norm_gradients_match_central_differences():
@@ -140,3 +164,17 @@ def test_nearest_upsampling_backward_by_exactly_two_matches_central_differences(
     g = nn.upsample_nearest_backward(r, (3, 4))
     num = numerical_grad(lambda: float((nn.upsample_nearest(x, (6, 8)) * r).sum()), x)
     np.testing.assert_allclose(g, num, rtol=1e-6)
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((5, 7), (3, 4)), ((2, 6), (5, 3)), ((1, 1), (3, 2))])
+def test_nearest_resampling_backward_to_smaller_and_mixed_sizes_matches_central_differences(
+    in_hw, out_hw
+):
+    # Shrinking skips input cells (their gradient is 0); growing one axis while shrinking
+    # the other mixes both rules.
+    rng = np.random.default_rng(sum(in_hw))
+    x = rng.standard_normal((1, 2, *in_hw))
+    r = rng.standard_normal((1, 2, *out_hw))
+    g = nn.upsample_nearest_backward(r, in_hw)
+    num = numerical_grad(lambda: float((nn.upsample_nearest(x, out_hw) * r).sum()), x)
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-9)
