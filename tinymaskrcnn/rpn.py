@@ -156,19 +156,29 @@ def proposal_candidates(objectness, deltas, anchors, num_per_level, image_size, 
     return boxes[keep], scores[keep], level[keep]
 
 
+def nms_survivors(boxes, scores, level, cfg, training):
+    """Which of one image's candidates become proposals.
+
+    boxes (Q, 4), scores (Q,), level (Q,): ``proposal_candidates``' output.
+    Returns (survivors, post_n): survivors (Q',) int64 indices of the candidates that NMS
+    within each level keeps, by decreasing score; the proposals are the first post_n.
+    """
+    post_n = cfg.rpn_post_nms_top_n_train if training else cfg.rpn_post_nms_top_n_test
+    # NMS within each level only: boxes of different scales do not suppress each other.
+    return batched_nms(boxes, scores, level, cfg.rpn_nms_thresh), post_n
+
+
 def select_proposals(objectness, deltas, anchors, num_per_level, image_size, cfg, training):
     """Turn one image's RPN outputs into proposals.
 
     Arguments as ``proposal_candidates``. Returns boxes (P, 4) and scores (P,) =
     sigmoid(objectness) in [0, 1], by decreasing score, P <= rpn_post_nms_top_n.
     """
-    post_n = cfg.rpn_post_nms_top_n_train if training else cfg.rpn_post_nms_top_n_test
     boxes, scores, level = proposal_candidates(
         objectness, deltas, anchors, num_per_level, image_size, cfg, training
     )
-    # NMS within each level only: boxes of different scales do not suppress each other.
-    keep = batched_nms(boxes, scores, level, cfg.rpn_nms_thresh)[:post_n]
-    return boxes[keep], scores[keep]
+    survivors, post_n = nms_survivors(boxes, scores, level, cfg, training)
+    return boxes[survivors[:post_n]], scores[survivors[:post_n]]
 
 
 # --- training targets and losses ------------------------------------------------------
@@ -279,14 +289,13 @@ class RegionProposalNetwork(nn.Module):
         ]
         boxes, scores, levels = (list(c) for c in zip(*candidates, strict=True))
         trace("proposal_candidates", boxes=boxes, scores=scores, levels=levels)
-        post_n = cfg.rpn_post_nms_top_n_train if self.training else cfg.rpn_post_nms_top_n_test
-        # NMS within each level only: boxes of different scales do not suppress each other.
-        keep = [
-            batched_nms(b, s, lv, cfg.rpn_nms_thresh)
+        kept = [
+            nms_survivors(b, s, lv, cfg, self.training)
             for b, s, lv in zip(boxes, scores, levels, strict=True)
         ]
-        proposals = [b[k[:post_n]] for b, k in zip(boxes, keep, strict=True)]
-        scores = [s[k[:post_n]] for s, k in zip(scores, keep, strict=True)]
+        keep = [survivors for survivors, _ in kept]
+        proposals = [b[k[:n]] for b, (k, n) in zip(boxes, kept, strict=True)]
+        scores = [s[k[:n]] for s, (k, n) in zip(scores, kept, strict=True)]
         trace("proposals", boxes=proposals, scores=scores, nms_keep=keep)
         if not (self.training and targets is not None):
             return proposals, {}
