@@ -33,23 +33,65 @@ from .nn import resize_bilinear
 
 
 def check_images(images) -> list[np.ndarray]:
-    """Each image must be a finite (3, H, W) float array; returns them as a list."""
+    """Each image must be a finite (3, H, W) float array, RGB in [0, 1]; returns them as a list.
+
+    The errors name the image and say how to convert the usual mistakes: uint8 0-255
+    pixels, grey or RGBA channels, (H, W, 3) layout. Any H, W >= 1 is accepted: a very
+    long thin image resizes to at least one pixel across (``resized_size``).
+    """
     if isinstance(images, np.ndarray) and images.ndim == 4:
         images = list(images)
     if not isinstance(images, (list, tuple)) or len(images) == 0:
         what = "an empty list" if isinstance(images, (list, tuple)) else type(images).__name__
+        if isinstance(images, np.ndarray):
+            what = f"one array of shape {images.shape}; pass a list, [image]"
         raise ValueError(f"images must be a non-empty list of (3, H, W) float arrays; got {what}")
     out = []
     for i, image in enumerate(images):
-        image = np.asarray(image)
+        where = f"images[{i}]"
+        try:
+            image = np.asarray(image)
+        except ValueError as err:  # ragged nested lists
+            raise ValueError(f"{where} must be a (3, H, W) array; got {err}") from None
         if image.ndim != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
-            raise ValueError(f"images[{i}] must be (3, H, W) RGB; got shape {image.shape}")
+            raise ValueError(
+                f"{where} must be (3, H, W) RGB; got shape {image.shape}"
+                + _layout_hint(image.shape)
+            )
         if not np.issubdtype(image.dtype, np.floating):
-            raise ValueError(f"images[{i}] must be float (RGB in [0, 1]); got dtype {image.dtype}")
+            hint = (
+                ": divide 0-255 pixels by 255, image.astype(np.float32) / 255"
+                if np.issubdtype(image.dtype, np.integer)
+                else ""
+            )
+            raise ValueError(f"{where} must be float, RGB in [0, 1]; got dtype {image.dtype}{hint}")
         if not np.all(np.isfinite(image)):
-            raise ValueError(f"images[{i}] holds NaN or infinite values")
+            raise ValueError(f"{where} holds NaN or infinite values")
+        low, high = float(image.min()), float(image.max())
+        # The ImageNet normalisation assumes [0, 1]: a 0-255 image would run silently
+        # and detect nothing.
+        if low < 0 or high > 1:
+            hint = "; divide 0-255 pixels by 255" if high > 1 else ""
+            raise ValueError(
+                f"{where} must hold RGB in [0, 1]; got values in [{low:g}, {high:g}]{hint}"
+            )
         out.append(image)
     return out
+
+
+def _layout_hint(shape) -> str:
+    """How to turn the usual wrong layouts into (3, H, W)."""
+    if len(shape) == 3 and min(shape[1:]) < 1:
+        return " (an empty image: H and W must be at least 1)"
+    if len(shape) == 3 and shape[2] in (1, 3, 4) and shape[0] not in (1, 3, 4):
+        return " (this looks like (H, W, C): use image.transpose(2, 0, 1))"
+    if len(shape) == 2:
+        return " (a grey (H, W) image: use np.repeat(image[None], 3, axis=0))"
+    if len(shape) == 3 and shape[0] == 1:
+        return " (one grey channel: use np.repeat(image, 3, axis=0))"
+    if len(shape) == 3 and shape[0] == 4:
+        return " (four channels, RGBA: drop the alpha channel, image[:3])"
+    return ""
 
 
 def check_targets(targets, image_sizes, num_classes: int) -> list[dict]:
@@ -59,8 +101,7 @@ def check_targets(targets, image_sizes, num_classes: int) -> list[dict]:
         boxes  (G, 4) float x1y1x2y2 in the image's pixels, inside [0, W] x [0, H],
                positive width and height;
         labels (G,) int in [1, num_classes);
-        masks  (G, H, W) uint8 (or bool) in {0, 1}, optional for checks but required by
-               the mask head.
+        masks  (G, H, W) uint8 (or bool, or any number type) holding only 0 and 1.
     image_sizes: list of (H, W). G = 0 is allowed: the image trains as background.
     Returns a list of dicts with boxes float32, labels int64, masks uint8.
     """
@@ -72,9 +113,18 @@ def check_targets(targets, image_sizes, num_classes: int) -> list[dict]:
     out = []
     for i, (target, (height, width)) in enumerate(zip(targets, image_sizes, strict=True)):
         where = f"targets[{i}]"
-        if not isinstance(target, dict) or "boxes" not in target or "labels" not in target:
-            raise ValueError(f"{where} must be a dict with 'boxes', 'labels' and 'masks'")
-        boxes = np.asarray(target["boxes"], dtype=np.float32)
+        if not isinstance(target, dict) or not {"boxes", "labels", "masks"} <= set(target):
+            got = sorted(target) if isinstance(target, dict) else type(target).__name__
+            raise ValueError(
+                f"{where} must be a dict with 'boxes', 'labels' and 'masks' (the mask head "
+                f"trains on the masks); got {got}"
+            )
+        try:
+            boxes = np.asarray(target["boxes"], dtype=np.float32)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"{where}['boxes'] must be (G, 4) numbers x1y1x2y2; got {target['boxes']!r:.80}"
+            ) from None
         if boxes.size == 0:
             boxes = boxes.reshape(0, 4)
         if boxes.ndim != 2 or boxes.shape[1] != 4:
@@ -109,16 +159,21 @@ def check_targets(targets, image_sizes, num_classes: int) -> list[dict]:
                 f"{where}['labels'] must be in [1, {num_classes - 1}] (0 is background, "
                 f"num_classes={num_classes}); got values in [{labels.min()}, {labels.max()}]"
             )
-        clean = {"boxes": boxes, "labels": labels.astype(np.int64)}
-        if "masks" in target:
-            masks = np.asarray(target["masks"])
-            if masks.shape != (g, height, width):
-                raise ValueError(
-                    f"{where}['masks'] must be ({g}, {height}, {width}), one full-image mask "
-                    f"per box; got shape {masks.shape}"
-                )
-            clean["masks"] = masks.astype(np.uint8)
-        out.append(clean)
+        masks = np.asarray(target["masks"])
+        if masks.shape != (g, height, width):
+            raise ValueError(
+                f"{where}['masks'] must be ({g}, {height}, {width}), one full-image mask "
+                f"per box; got shape {masks.shape}"
+            )
+        # A float mask of probabilities would be cast to uint8 and lose everything below 1.
+        if masks.size and not np.isin(masks, (0, 1)).all():
+            raise ValueError(
+                f"{where}['masks'] must hold 0 and 1 only (binary masks); got values in "
+                f"[{masks.min()}, {masks.max()}]"
+            )
+        out.append(
+            {"boxes": boxes, "labels": labels.astype(np.int64), "masks": masks.astype(np.uint8)}
+        )
     return out
 
 
@@ -138,9 +193,11 @@ def resize_scale(height: int, width: int, min_size: int, max_size: int) -> float
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """(h, w) = floor(size * scale), as torch's interpolate with recompute_scale_factor."""
+    """(h, w) = floor(size * scale), as torch's interpolate with recompute_scale_factor,
+    but at least 1 on each axis: with max_size 1333 a 5 x 10000 image scales by 0.1333 to
+    floor(0.67) = 0 rows, which torch cannot resize to; here it becomes 1 x 1333."""
     scale = resize_scale(height, width, min_size, max_size)
-    return math.floor(height * scale), math.floor(width * scale)
+    return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
 
 
 def resize_nearest(masks, size) -> np.ndarray:
@@ -222,8 +279,7 @@ class Transform:
             if targets is not None:
                 target = dict(targets[i])
                 target["boxes"] = resize_boxes(target["boxes"], original_sizes[i], size)
-                if "masks" in target:
-                    target["masks"] = resize_nearest(target["masks"], size)
+                target["masks"] = resize_nearest(target["masks"], size)
                 new_targets.append(target)
         batch = batch_images(resized, self.size_divisible)
         return batch, image_sizes, (new_targets if targets is not None else None)
