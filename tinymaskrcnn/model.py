@@ -26,7 +26,7 @@ from .fpn import resnet_fpn_backbone
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork
 from .transform import Transform, check_images
-from .weights import load_checkpoint, model_weights, save_checkpoint
+from .weights import fit_state_dict, load_checkpoint, save_checkpoint
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -173,7 +173,7 @@ class MaskRCNN(nn.Module):
                 "call load_state_dict(weights.load_checkpoint(path)[0]) instead"
             )
         model = cls(cfg, rng=np.random.default_rng(0))
-        model.load_state_dict(model_weights(state))
+        fit_state_dict(model, state, path)
         return model.eval()
 
     @classmethod

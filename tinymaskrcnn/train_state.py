@@ -26,7 +26,7 @@ import numpy as np
 
 from . import nn
 from .model import MaskRCNN
-from .weights import OPTIMIZER_PREFIX, load_checkpoint, model_weights, save_checkpoint
+from .weights import OPTIMIZER_PREFIX, fit_state_dict, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -145,8 +145,7 @@ def load_training_state(path):
         )
     settings = TrainSettings.from_json(metadata["settings"])
     model = MaskRCNN(cfg, rng=np.random.default_rng(settings.seed))
-    weights = model_weights(state)
-    model.load_state_dict(weights)
+    fit_state_dict(model, state, path)
     rng = np.random.default_rng(0)  # a generator whose state the saved one replaces
     rng.bit_generator.state = json.loads(metadata["rng"])
     model.rng = rng

@@ -99,26 +99,40 @@ def save_checkpoint(path, state: dict, config=None, metadata: dict | None = None
 def load_checkpoint(path):
     """Read a checkpoint: (state dict in current key names, MaskRCNNConfig or None, metadata).
 
-    Raises FileNotFoundError for a missing file and ValueError for a file that is
-    truncated, corrupted or not a safetensors file, naming the path.
+    Raises FileNotFoundError for a missing file, IsADirectoryError for a folder, and
+    ValueError, naming the path, for a file that is truncated (how many bytes its header
+    describes and how many there are), corrupted or not a safetensors file, for a config
+    that does not parse, and for a tensor holding NaN or infinity.
     """
     from safetensors.numpy import load
 
     from .config import MaskRCNNConfig
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        inside = [
+            n
+            for n in ("model.safetensors", "checkpoint.safetensors")
+            if os.path.isfile(os.path.join(path, n))
+        ]
+        hint = f"; did you mean {os.path.join(path, inside[0])!r}?" if inside else ""
+        raise IsADirectoryError(f"checkpoint {path!r} is a folder, not a safetensors file{hint}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     with open(path, "rb") as f:
         data = f.read()
     try:
-        state = load(data)
         metadata = _read_metadata(data)
+        state = load(data)
     except Exception as err:  # safetensors raises its own error types for bad bytes
         raise ValueError(
             f"checkpoint {path!r} is truncated, corrupted or not a safetensors file "
             f"({len(data)} bytes): {err}"
         ) from None
+    for name, array in state.items():
+        # A diverged run's weights would give NaN detections without a word.
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            raise ValueError(f"checkpoint {path!r}: tensor {name!r} holds NaN or infinity")
     config = None
     if "config" in metadata:
         try:
@@ -129,14 +143,39 @@ def load_checkpoint(path):
 
 
 def _read_metadata(data: bytes) -> dict:
-    # The safetensors header: 8-byte little-endian length, then JSON with "__metadata__".
+    # The safetensors header: 8-byte little-endian length, then JSON with "__metadata__"
+    # and each tensor's [begin, end) byte range after the header.
     if len(data) < 8:
         raise ValueError("shorter than the 8-byte header length")
     n = int.from_bytes(data[:8], "little")
     if 8 + n > len(data):
         raise ValueError(f"header of {n} bytes runs past the end of the file")
     header = json.loads(data[8 : 8 + n])
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    try:
+        ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+    except (KeyError, TypeError, IndexError, ValueError):
+        raise ValueError("a tensor entry of the header has no [begin, end] data_offsets") from None
+    if 8 + n + max(ends, default=0) > len(data):
+        raise ValueError(
+            f"truncated: its header describes {8 + n + max(ends)} bytes, the file has {len(data)}"
+        )
     return dict(header.get("__metadata__", {}) or {})
+
+
+def fit_state_dict(model, state: dict, path, strict: bool = True) -> None:
+    """Load ``state`` (a checkpoint's weights) into ``model`` after comparing names and
+    shapes: a ValueError names the checkpoint ``path`` and lists the names missing,
+    unexpected and mis-shaped (a file of another model, or a config tampered with)."""
+    expected = model.state_dict()
+    state = upgrade_state_dict(model_weights(state), set(expected))
+    diff = compare_state_dicts(expected, state)
+    if diff["misshaped"] or (strict and (diff["missing"] or diff["unexpected"])):
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} does not fit this model: {describe_differences(diff)}"
+        )
+    model.load_state_dict(state, strict=strict)
 
 
 def load_into(model, path, strict: bool = True):
@@ -146,14 +185,7 @@ def load_into(model, path, strict: bool = True):
     differ (missing, unexpected, mis-shaped).
     """
     state, config, _ = load_checkpoint(path)
-    expected = model.state_dict()
-    state = upgrade_state_dict(model_weights(state), set(expected))
-    diff = compare_state_dicts(expected, state)
-    if diff["misshaped"] or (strict and (diff["missing"] or diff["unexpected"])):
-        raise ValueError(
-            f"checkpoint {os.fspath(path)!r} does not fit this model: {describe_differences(diff)}"
-        )
-    model.load_state_dict(state, strict=strict)
+    fit_state_dict(model, state, path, strict)
     return config
 
 
