@@ -37,10 +37,11 @@ import os
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from ..atomic_file import write_atomically
+from .images import read_image
 
 # Annotation tools round coordinates: a polygon vertex or box edge may lie this far
 # outside its image and still be accepted; anything farther is an error.
@@ -63,7 +64,8 @@ class CocoDataset:
     image_dir: the folder that ``file_name`` is relative to; by default ``images/``
                next to the json (the layout ``export_coco`` writes).
 
-    image:  (3, H, W) float32 RGB in [0, 1] (grey and palette images converted to RGB).
+    image:  (3, H, W) float32 RGB in [0, 1] (data/images.read_image: grey, palette and
+            16-bit images converted to RGB; the stored pixels, no EXIF rotation).
     target: {"boxes": (G, 4) float32 x1y1x2y2 pixels (from the ``bbox`` field),
              "labels": (G,) int64 category ids,
              "masks": (G, H, W) uint8 in {0, 1} (the decoded segmentations)},
@@ -92,8 +94,9 @@ class CocoDataset:
         for k, record in enumerate(self._images):
             path = os.path.join(self.image_dir, record["file_name"])
             if not os.path.isfile(path):
+                what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
                 raise FileNotFoundError(
-                    f"{self._where('images', k, record)}: image file {path} does not exist"
+                    f"{self._where('images', k, record)}: image file {path} {what}"
                 )
 
     def __len__(self):
@@ -121,19 +124,19 @@ class CocoDataset:
         path = os.path.join(self.image_dir, record["file_name"])
         where = self._where("images", k, record)
         try:
-            with Image.open(path) as pil:
-                pil.load()
-                rgb = np.asarray(pil.convert("RGB"))
+            # The stored pixel order, not the EXIF-rotated one: COCO annotations (and
+            # torchvision's CocoDetection, which reads them) refer to the stored pixels.
+            image = read_image(path, exif_orientation=False)
         except FileNotFoundError:
             raise FileNotFoundError(f"{where}: image file {path} does not exist") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise CocoFormatError(f"{where}: image file {path} does not decode: {e}") from None
-        if rgb.shape[:2] != (record["height"], record["width"]):
+        except ValueError as e:
+            raise CocoFormatError(f"{where}: {e}") from None
+        if image.shape[1:] != (record["height"], record["width"]):
             raise CocoFormatError(
-                f"{where}: image file {path} is {rgb.shape[0]} x {rgb.shape[1]} (H x W) but the "
-                f"record says {record['height']} x {record['width']}"
+                f"{where}: image file {path} is {image.shape[1]} x {image.shape[2]} (H x W) but "
+                f"the record says {record['height']} x {record['width']}"
             )
-        return np.ascontiguousarray(rgb.transpose(2, 0, 1), np.float32) / np.float32(255)
+        return image
 
     def _where(self, section=None, k=None, record=None):
         """'file: section[k] (id 7)' — how every error names its file and record."""
@@ -245,7 +248,14 @@ def _check_segmentation(segmentation, size, at):
                     f"{at}: uncompressed RLE counts must be non-negative ints summing to "
                     f"{height} * {width}"
                 )
-        elif not isinstance(counts, str):
+        elif isinstance(counts, str):
+            runs = compressed_rle_counts(counts)
+            if runs is None or min(runs, default=0) < 0 or sum(runs) != height * width:
+                raise CocoFormatError(
+                    f"{at}: compressed RLE counts {counts[:40]!r} do not decode to runs "
+                    f"covering the {height} x {width} image"
+                )
+        else:
             raise CocoFormatError(f"{at}: RLE counts must be a string or a list of ints")
         return
     if not isinstance(segmentation, list) or not segmentation:
@@ -272,6 +282,33 @@ def _check_segmentation(segmentation, size, at):
                 f"{at}: polygon {p} reaches ({xs.min():g}..{xs.max():g}, "
                 f"{ys.min():g}..{ys.max():g}), outside its {height} x {width} (H x W) image"
             )
+
+
+def compressed_rle_counts(text: str) -> list[int] | None:
+    """The run lengths of COCO's compressed RLE string, or None if it is malformed.
+
+    The format of pycocotools' ``rleToString``: each run is a little-endian sequence of
+    5-bit groups, one character (48 + group) each, bit 5 set while more groups follow and
+    bit 4 of the last one the sign; from the third run on, what is stored is the
+    difference to the run two before. pycocotools decodes any string without a word,
+    so a damaged one would silently become a wrong mask.
+    """
+    runs, value, shift = [], 0, 0
+    for char in text:
+        c = ord(char) - 48
+        if not 0 <= c < 64:
+            return None
+        value |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+        value, shift = 0, 0
+    return None if shift else runs
 
 
 def segmentation_to_rle(segmentation, height, width):
