@@ -22,12 +22,25 @@ def _default_mode() -> int:
 def write_atomically(path, write) -> str:
     """Create or replace ``path`` with what ``write(f)`` writes to a binary file ``f``.
 
-    The folder is created if needed. If ``write`` raises, ``path`` is left as it was
-    and the temporary file is removed. Returns ``path`` as a string.
+    The folder is created if needed. If ``write`` raises (a full disk included), ``path``
+    is left as it was and the temporary file is removed. A ``path`` that is a folder, or
+    lies under a file, is an IsADirectoryError / NotADirectoryError naming it. Returns
+    ``path`` as a string.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path!r}: it is a folder")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        # makedirs names whichever component failed; say which one is in the way.
+        blocking = directory
+        while not os.path.exists(blocking):
+            blocking = os.path.dirname(blocking)
+        raise NotADirectoryError(
+            f"cannot write {path!r}: {blocking!r} is a file, not a folder"
+        ) from None
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:

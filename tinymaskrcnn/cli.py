@@ -34,7 +34,12 @@ def main(argv=None) -> int:
     for add in (_tour, _train, _predict, _evaluate, _bench, _convert, _check):
         add(sub)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except OSError as err:
+        # A folder that cannot be created or written, a full disk, a file that is a
+        # folder: the file system's own message, as one line, never a traceback.
+        commands.fail(args.command, commands.describe_os_error(err))
 
 
 def _backend_option(p, all_=False):
@@ -211,7 +216,9 @@ def _predict(sub):
         "predict",
         help="detect objects in an image; draw boxes, labels and masks",
         description="Run a model on one image (PNG, JPEG, anything Pillow reads), print its "
-        "detections and draw them (boxes, class names, scores, masks) to --out.",
+        "detections and draw them (boxes, class names, scores, masks) to --out. Grey, "
+        "palette, RGBA and 16-bit images are converted to RGB (alpha dropped) and a "
+        "photo's EXIF orientation is applied.",
     )
     p.add_argument("image", type=pathlib.Path, help="the image file")
     p.add_argument(

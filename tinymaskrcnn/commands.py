@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 
@@ -20,6 +21,15 @@ from .kernels import use_backend
 def fail(command, err):
     """Exit with ``tinymaskrcnn COMMAND: what went wrong`` (status 1, argparse's is 2)."""
     sys.exit(f"tinymaskrcnn {command}: {err}")
+
+
+def describe_os_error(err: OSError) -> str:
+    """``[Errno 28] No space left on device: 'x'`` as ``No space left on device: x``; an
+    error raised with its own message (weights.py, atomic_file.py) keeps it."""
+    if err.strerror is None:
+        return str(err)
+    names = [os.fspath(n) for n in (err.filename, err.filename2) if n is not None]
+    return err.strerror + (f": {' -> '.join(names)}" if names else "")
 
 
 def run_tour(args) -> int:
@@ -138,6 +148,8 @@ def run_predict(args) -> int:
     from .tour import class_names
     from .train import default_backend
 
+    if not 0 <= args.score_thresh <= 1:
+        fail("predict", f"--score-thresh must be a score in [0, 1]; got {args.score_thresh}")
     try:
         image = read_image(args.image)
     except (ValueError, FileNotFoundError) as err:
@@ -194,7 +206,8 @@ def run_convert(args) -> int:
     from .weights import convert_torchvision
 
     if not args.input.is_file():
-        fail("convert-torchvision", f"{args.input} does not exist")
+        what = "is a folder, not a .pth file" if args.input.is_dir() else "does not exist"
+        fail("convert-torchvision", f"{args.input} {what}")
     try:
         print(f"wrote {convert_torchvision(args.input, args.output)}")
     except (ValueError, RuntimeError) as err:

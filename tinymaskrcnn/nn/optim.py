@@ -38,6 +38,12 @@ class SGD:
             raise ValueError(f"lr must be positive; got {lr}")
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1); got {momentum}")
+        if not 0 <= weight_decay < float("inf"):
+            raise ValueError(f"weight_decay must be a non-negative number; got {weight_decay}")
+        if not 0 < gamma < float("inf"):
+            raise ValueError(f"gamma must be a positive number; got {gamma}")
+        if any(m < 1 for m in milestones):
+            raise ValueError(f"milestones must be steps >= 1; got {tuple(milestones)}")
         self.named = []
         for i, item in enumerate(params):
             name, p = item if isinstance(item, tuple) else (str(i), item)
