@@ -264,4 +264,9 @@ def test_any_box_and_label_either_trains_to_finite_losses_or_is_named(model, box
             model([_image()], [target])
 
 
-PROBES = sorted(IMAGE_PROBES) + sorted(TARGET_PROBES)
+PROBES = (
+    sorted(IMAGE_PROBES)
+    + ["ten-thousand-pixel-side", "float16-image", "any-finite-image", "any-array"]
+    + sorted(TARGET_PROBES)
+    + ["targets-not-one-dict-per-image", "no-objects", "any-box-and-label"]
+)
