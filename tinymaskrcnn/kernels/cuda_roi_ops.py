@@ -8,7 +8,11 @@ Host wrappers take NumPy arrays (copied in and out) or device arrays (the result
 stays on the device when the features, or the forward's gradient, are there). The
 per-RoI geometry arrives from ``roi_ops`` on the host, computed by the reference's own
 helpers, so every backend places its samples from the same numbers; coordinates are
-float64 for that reason.
+float64 for that reason, and the kernels place them with the reference's arithmetic:
+the product ``ph * bin_h`` is ``_mul``, never fused with the add after it, since a
+fused multiply-add could move a sample across a cell border (``cuda_rounding``). The
+bilinear sums of the forward may be contracted: they are values, compared with the
+reference to rounding, not decisions.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from numba import cuda
 
 from . import is_device_array, to_device
 from .bilinear import bilinear
+from .cuda_rounding import rounded_product
 
 _bilinear = cuda.jit(device=True)(bilinear)
+_mul = rounded_product(np.float64)
 _THREADS = 256
 
 
@@ -48,9 +54,9 @@ def _roi_align_forward(features, batch, sx, sy, bw, bh, grid_h, grid_w, use_max,
     acc = 0.0
     best = -math.inf
     for iy in range(gh):
-        y = sy[k] + ph * bh[k] + (iy + 0.5) * bh[k] / gh
+        y = sy[k] + _mul(ph, bh[k]) + (iy + 0.5) * bh[k] / gh
         for ix in range(gw):
-            x = sx[k] + pw * bw[k] + (ix + 0.5) * bw[k] / gw
+            x = sx[k] + _mul(pw, bw[k]) + (ix + 0.5) * bw[k] / gw
             y0, y1, x0, x1, w0, w1, w2, w3 = _bilinear(y, x, height, width)
             v = (
                 w0 * features[b, c, y0, x0]
@@ -81,9 +87,9 @@ def _roi_align_backward(grad_out, batch, sx, sy, bw, bh, grid_h, grid_w, grad):
         return
     g = grad_out[k, c, ph, pw] / (gh * gw)
     for iy in range(gh):
-        y = sy[k] + ph * bh[k] + (iy + 0.5) * bh[k] / gh
+        y = sy[k] + _mul(ph, bh[k]) + (iy + 0.5) * bh[k] / gh
         for ix in range(gw):
-            x = sx[k] + pw * bw[k] + (ix + 0.5) * bw[k] / gw
+            x = sx[k] + _mul(pw, bw[k]) + (ix + 0.5) * bw[k] / gw
             y0, y1, x0, x1, w0, w1, w2, w3 = _bilinear(y, x, height, width)
             # Zero weights (a sample outside the map) add nothing; skip the atomics.
             if w0 != 0.0:
