@@ -33,7 +33,7 @@ import math
 import numpy as np
 from numba import cuda, int64, uint64
 
-from . import is_device_array, to_device
+from . import is_device_array, to_device, to_host
 from .cuda_rounding import rounded_product
 
 _TILE = 64  # bits in a mask word: boxes per NMS tile
@@ -42,7 +42,7 @@ _THREADS_1D = 128
 
 
 def _result(d_out, on_device):
-    return d_out if on_device else d_out.copy_to_host()
+    return d_out if on_device else to_host(d_out)
 
 
 def _make_kernels(dtype):
@@ -163,6 +163,9 @@ def _nms_reduce_kernel(mask, order, removed, keep, count):
     n = mask.shape[0]
     col_tiles = mask.shape[1]
     tid = cuda.threadIdx.x
+    for c in range(tid, col_tiles, cuda.blockDim.x):
+        removed[c] = uint64(0)  # zeroed here rather than copied from the host
+    cuda.syncthreads()
     n_kept = int64(0)
     for i in range(n):
         word = removed[i // _TILE]
@@ -182,12 +185,11 @@ def _nms(boxes, order, idxs, iou_threshold):
     on_device = is_device_array(boxes) or is_device_array(idxs)
     n = boxes.shape[0]
     if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return cuda.to_device(empty) if on_device else empty
+        return cuda.device_array(0, np.int64) if on_device else np.zeros(0, np.int64)
     dtype = np.dtype(boxes.dtype)
-    d_order = cuda.to_device(order)
+    d_order = to_device(order)
     use_labels = idxs is not None
-    d_labels = to_device(idxs) if use_labels else cuda.to_device(np.zeros(1, np.int64))
+    d_labels = to_device(idxs) if use_labels else d_order  # unread without labels
     d_sorted = cuda.device_array((n, 4), dtype=dtype)
     d_sorted_labels = cuda.device_array(n, dtype=np.int64)
     _gather_sorted[math.ceil(n / _THREADS_1D), _THREADS_1D](
@@ -198,14 +200,14 @@ def _nms(boxes, order, idxs, iou_threshold):
     KERNELS[dtype]["nms_mask"][(tiles, tiles), _TILE](
         d_sorted, d_sorted_labels, np.float64(iou_threshold), dtype.type(0), d_mask
     )
-    d_removed = cuda.to_device(np.zeros(tiles, dtype=np.uint64))
+    d_removed = cuda.device_array(tiles, dtype=np.uint64)
     d_keep = cuda.device_array(n, dtype=np.int64)
     d_count = cuda.device_array(1, dtype=np.int64)
     # One thread per word of a mask row (at most a tile's worth): no idle threads wait at
     # the two barriers per box.
     _nms_reduce_kernel[1, min(tiles, _TILE)](d_mask, d_order, d_removed, d_keep, d_count)
-    n_kept = int(d_count.copy_to_host()[0])
-    return d_keep[:n_kept] if on_device else d_keep[:n_kept].copy_to_host()
+    n_kept = int(to_host(d_count)[0])
+    return d_keep[:n_kept] if on_device else to_host(d_keep[:n_kept])
 
 
 def nms(boxes, order, iou_threshold):

@@ -22,7 +22,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from . import is_device_array, to_device
+from . import is_device_array, to_device, to_host
 from .bilinear import bilinear
 from .cuda_rounding import rounded_product
 
@@ -138,7 +138,7 @@ def _blocks(n):
 
 
 def _finish(result, on_device):
-    return result if on_device else result.copy_to_host()
+    return result if on_device else to_host(result)
 
 
 def roi_align(features, geometry, output_size, reduction):
@@ -150,9 +150,9 @@ def roi_align(features, geometry, output_size, reduction):
     if out.size == 0:
         return _finish(out, on_device)
     if h == 0 or w == 0:
-        return _finish(cuda.to_device(np.zeros(out.shape, features.dtype)), on_device)
+        return _finish(to_device(np.zeros(out.shape, features.dtype)), on_device)
     _roi_align_forward[_blocks(out.size), _THREADS](
-        to_device(features), *[cuda.to_device(a) for a in geometry], reduction == "max", out
+        to_device(features), *[to_device(a) for a in geometry], reduction == "max", out
     )
     return _finish(out, on_device)
 
@@ -160,11 +160,11 @@ def roi_align(features, geometry, output_size, reduction):
 def roi_align_backward(grad_out, geometry, features_shape):
     """Gradient of average RoIAlign: (K, C, ph, pw) -> (N, C, H, W) in grad_out's dtype."""
     on_device = is_device_array(grad_out)
-    grad = cuda.to_device(np.zeros(features_shape, grad_out.dtype))
+    grad = to_device(np.zeros(features_shape, grad_out.dtype))
     if grad_out.size == 0 or grad.size == 0:
         return _finish(grad, on_device)
     _roi_align_backward[_blocks(grad_out.size), _THREADS](
-        to_device(grad_out), *[cuda.to_device(a) for a in geometry], grad
+        to_device(grad_out), *[to_device(a) for a in geometry], grad
     )
     return _finish(grad, on_device)
 
@@ -179,7 +179,7 @@ def roi_pool(features, batch, h_start, h_end, w_start, w_end):
         return _finish(out, on_device), _finish(argmax, on_device)
     _roi_pool_forward[_blocks(out.size), _THREADS](
         to_device(features),
-        *[cuda.to_device(a) for a in (batch, h_start, h_end, w_start, w_end)],
+        *[to_device(a) for a in (batch, h_start, h_end, w_start, w_end)],
         out,
         argmax,
     )
@@ -189,10 +189,10 @@ def roi_pool(features, batch, h_start, h_end, w_start, w_end):
 def roi_pool_backward(grad_out, argmax, batch, features_shape):
     """Gradient of RoIPool: each output's gradient to the cell that won its max."""
     on_device = is_device_array(grad_out)
-    grad = cuda.to_device(np.zeros(features_shape, grad_out.dtype))
+    grad = to_device(np.zeros(features_shape, grad_out.dtype))
     if grad_out.size == 0 or grad.size == 0:
         return _finish(grad, on_device)
     _roi_pool_backward[_blocks(grad_out.size), _THREADS](
-        to_device(grad_out), to_device(argmax, np.int64), cuda.to_device(batch), grad
+        to_device(grad_out), to_device(argmax, np.int64), to_device(batch), grad
     )
     return _finish(grad, on_device)
