@@ -3,7 +3,8 @@
 One eval forward (detections and pasted masks) and one training step (the five losses
 and every parameter gradient), with the CUDA kernels doing what they do in real use:
 every convolution and its backward, RoIAlign and its backward, IoU, box decoding and
-batched NMS (the tests check that each of them ran). Under Numba's simulator (the
+batched NMS (the tests check that each of them ran, and count the host <-> device
+copies of the whole run, ``kernels.count_transfers``). Under Numba's simulator (the
 default; the real GPU under ``-m gpu``) every CUDA thread is a Python thread, which on
 2 busy cores costs about a millisecond, and every launch is at least one block of
 256 threads. So this is the smallest model that still has every stage and non-empty
@@ -48,6 +49,14 @@ CONFIG = dict(
 )
 # float64 on both backends: the same arithmetic in another order.
 F64 = {"rtol": 1e-10, "atol": 1e-12}
+# Host -> device and device -> host copies of one eval forward of this model, as they
+# stand: every kernel copies its inputs in and its result out, because the NumPy layers
+# between the kernels (batch norm, ReLU, pooling, ...) run on the host
+# (docs/architecture.md, Backends and dispatch). A change that keeps more on the
+# device lowers them; update the numbers then.
+EVAL_COPIES = {"to_device": 141, "to_host": 53}
+# ... and of one training step (forward and backward; the gradients come back for SGD).
+TRAIN_COPIES = {"to_device": 316, "to_host": 130}
 
 
 def tiny_scene():
@@ -92,9 +101,10 @@ def test_eval_detections_under_cuda_equal_numpys(model, monkeypatch):
     model.eval()
     (expected,) = model([image])
     used = _recording_kernels(monkeypatch)
-    with use_backend("cuda"):
+    with use_backend("cuda"), kernels.count_transfers() as copies:
         (got,) = model([image])
     assert {"conv2d", "roi_align", "box_decode", "batched_nms"} <= used
+    assert {"to_device": copies.to_device, "to_host": copies.to_host} == EVAL_COPIES
     assert len(expected["boxes"]) > 0, "no detections: the mask branch would not run"
     assert got.keys() == expected.keys()
     np.testing.assert_array_equal(got["labels"], expected["labels"])
@@ -117,9 +127,10 @@ def test_a_training_step_under_cuda_equals_numpys(model, monkeypatch):
     image, target = tiny_scene()
     expected_losses, expected_grads = _training_step(model, image, target)
     used = _recording_kernels(monkeypatch)
-    with use_backend("cuda"):
+    with use_backend("cuda"), kernels.count_transfers() as copies:
         losses, grads = _training_step(model, image, target)
     assert {"conv2d", "conv2d_backward", "roi_align", "roi_align_backward", "box_iou"} <= used
+    assert {"to_device": copies.to_device, "to_host": copies.to_host} == TRAIN_COPIES
     assert expected_losses["loss_mask"] > 0, "no positive RoI: the mask branch did not train"
     for name in LOSS_NAMES:
         assert losses[name] == pytest.approx(expected_losses[name], rel=1e-10, abs=1e-12), name

@@ -283,18 +283,20 @@ def test_cuda_nms_and_batched_nms_equal_torchvision(tv):
 # --- the real CUDA compiler --------------------------------------------------------------
 
 _COMPILE_FOR_A_GPU = """
+import numpy as np
 from numba import cuda, types as T
 from tinymaskrcnn.kernels import cuda_boxes as cb
 for f in (T.float32, T.float64):
     a2 = f[:, ::1]
+    own = cb.KERNELS[np.dtype(f.name)]
     signatures = {
-        cb._iou_kernel: (a2, a2, f, a2),
+        own["iou"]: (a2, a2, f, a2),
         cb._gather_sorted: (a2, T.int64[::1], T.int64[::1], T.boolean, a2, T.int64[::1]),
-        cb._nms_mask_kernel: (a2, T.int64[::1], T.float64, f, T.uint64[:, ::1]),
+        own["nms_mask"]: (a2, T.int64[::1], T.float64, f, T.uint64[:, ::1]),
         cb._nms_reduce_kernel: (
             T.uint64[:, ::1], T.int64[::1], T.uint64[::1], T.int64[::1], T.int64[::1]
         ),
-        cb._decode_kernel: (a2, a2, f, f, f, f, f, f, a2),
+        own["decode"]: (a2, a2, f, f, f, f, f, f, a2),
     }
     for kernel, signature in signatures.items():
         cuda.compile_ptx(kernel.py_func, signature, cc=(8, 0))
@@ -315,8 +317,9 @@ def test_cuda_kernels_compile_to_ptx_for_a_real_gpu():
     result = subprocess.run(
         [sys.executable, "-c", _COMPILE_FOR_A_GPU], env=env, capture_output=True, text=True
     )
-    compiler_said_no = any(e in result.stderr for e in ("TypingError", "LoweringError"))
-    if result.returncode and not compiler_said_no:
+    # Only a missing NVVM / NVRTC library skips; any other failure is the kernels'.
+    missing = ("DynamicLibNotFoundError", "NvvmSupportError", "CudaSupportError")
+    if result.returncode and any(e in result.stderr for e in missing):
         last = result.stderr.strip().splitlines()[-1:] or ["?"]
         pytest.skip(f"no CUDA compiler toolchain here ({last[0][:200]})")
     assert result.returncode == 0, result.stderr[-2000:]

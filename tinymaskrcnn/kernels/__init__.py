@@ -25,10 +25,14 @@ Backends:
 
 Choose one with ``use_backend("numba")`` (also usable as a ``with`` block) or the
 environment variable ``TINYMASKRCNN_BACKEND``.
+
+Every copy between host and GPU is made by ``to_device`` or ``to_host``, and
+``count_transfers()`` counts them (docs/architecture.md, Backends and dispatch).
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import importlib
 import os
@@ -194,9 +198,57 @@ def is_device_array(x) -> bool:
     return hasattr(x, "__cuda_array_interface__") or type(x).__name__ == "FakeCUDAArray"
 
 
+class Transfers:
+    """Host <-> device copies seen by ``count_transfers``: how many, and their bytes."""
+
+    def __init__(self):
+        self.to_device = 0
+        self.to_host = 0
+        self.bytes_to_device = 0
+        self.bytes_to_host = 0
+
+    @property
+    def total(self) -> int:
+        return self.to_device + self.to_host
+
+    def __repr__(self) -> str:
+        return (
+            f"Transfers(to_device={self.to_device} ({self.bytes_to_device} B), "
+            f"to_host={self.to_host} ({self.bytes_to_host} B))"
+        )
+
+
+_counters: list[Transfers] = []
+
+
+@contextlib.contextmanager
+def count_transfers():
+    """Count every copy between host and GPU made inside the block::
+
+        with kernels.count_transfers() as copies:
+            model([image])
+        copies.to_device, copies.to_host, copies.total
+
+    Every copy the CUDA kernels and the stages make goes through ``to_device`` and
+    ``to_host``, which is where they are counted; blocks may nest (each counts all).
+    """
+    counter = Transfers()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
+
+
 def to_host(x):
     """``x`` as a NumPy array: a device array is copied to the host, anything else as is."""
-    return x.copy_to_host() if is_device_array(x) else x
+    if not is_device_array(x):
+        return x
+    host = x.copy_to_host()
+    for counter in _counters:
+        counter.to_host += 1
+        counter.bytes_to_host += host.nbytes
+    return host
 
 
 def to_device(x, dtype=None):
@@ -211,12 +263,18 @@ def to_device(x, dtype=None):
         if dtype is not None and np.dtype(x.dtype) != np.dtype(dtype):
             raise ValueError(f"device array of dtype {x.dtype} where {np.dtype(dtype)} is needed")
         return x
-    return cuda.to_device(np.ascontiguousarray(x, dtype=dtype))
+    host = np.ascontiguousarray(x, dtype=dtype)
+    for counter in _counters:
+        counter.to_device += 1
+        counter.bytes_to_device += host.nbytes
+    return cuda.to_device(host)
 
 
 __all__ = [
     "BACKENDS",
+    "Transfers",
     "available_backends",
+    "count_transfers",
     "get_backend",
     "implementation",
     "implementations",

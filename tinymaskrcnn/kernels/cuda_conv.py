@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import cuda, float32, float64
 
-from . import is_device_array, to_device
+from . import is_device_array, to_device, to_host
 
 _TILE = 16
 _THREADS_2D = (16, 16)
@@ -170,7 +170,7 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups):
         d_b = to_device(bias, dtype)
         _add_bias[_grid(ho * wo, n * o), _THREADS_2D](d_y, d_b)
     d_y = d_y.reshape(n, o, ho, wo)
-    return d_y if on_device else d_y.copy_to_host()
+    return d_y if on_device else to_host(d_y)
 
 
 def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, input_grad=True,
@@ -184,9 +184,9 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, inpu
     d_gy = to_device(grad_out, dtype).reshape(n, o, p)
     d_x = to_device(x, dtype)
     d_w = to_device(weight, dtype).reshape(groups, og, k)
-    d_gb = cuda.to_device(np.zeros((1, o, 1), dtype))
-    d_ones = cuda.to_device(np.ones((1, p, 1), dtype))
-    d_gw = cuda.to_device(np.zeros((groups, og, k), dtype)) if weight_grad else None
+    d_gb = to_device(np.zeros((1, o, 1), dtype))
+    d_ones = to_device(np.ones((1, p, 1), dtype))
+    d_gw = to_device(np.zeros((groups, og, k), dtype)) if weight_grad else None
     d_gx = cuda.device_array((n, c, h, w), dtype=dtype) if input_grad else None
     d_cols = None if pointwise else cuda.device_array((c * kh * kw, p), dtype=dtype)
     for img in range(n):
@@ -210,7 +210,7 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, inpu
     if on_device:
         return d_gx, d_gw, d_gb
     return (
-        None if d_gx is None else d_gx.copy_to_host(),
-        None if d_gw is None else d_gw.copy_to_host(),
-        d_gb.copy_to_host(),
+        None if d_gx is None else to_host(d_gx),
+        None if d_gw is None else to_host(d_gw),
+        to_host(d_gb),
     )

@@ -8,7 +8,11 @@ Host wrappers take NumPy arrays (copied in and out) or device arrays (the result
 stays on the device when the features, or the forward's gradient, are there). The
 per-RoI geometry arrives from ``roi_ops`` on the host, computed by the reference's own
 helpers, so every backend places its samples from the same numbers; coordinates are
-float64 for that reason.
+float64 for that reason, and the kernels place them with the reference's arithmetic:
+the product ``ph * bin_h`` is ``_mul``, never fused with the add after it, since a
+fused multiply-add could move a sample across a cell border (``cuda_rounding``). The
+bilinear sums of the forward may be contracted: they are values, compared with the
+reference to rounding, not decisions.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import math
 import numpy as np
 from numba import cuda
 
-from . import is_device_array, to_device
+from . import is_device_array, to_device, to_host
 from .bilinear import bilinear
+from .cuda_rounding import rounded_product
 
 _bilinear = cuda.jit(device=True)(bilinear)
+_mul = rounded_product(np.float64)
 _THREADS = 256
 
 
@@ -48,9 +54,9 @@ def _roi_align_forward(features, batch, sx, sy, bw, bh, grid_h, grid_w, use_max,
     acc = 0.0
     best = -math.inf
     for iy in range(gh):
-        y = sy[k] + ph * bh[k] + (iy + 0.5) * bh[k] / gh
+        y = sy[k] + _mul(ph, bh[k]) + (iy + 0.5) * bh[k] / gh
         for ix in range(gw):
-            x = sx[k] + pw * bw[k] + (ix + 0.5) * bw[k] / gw
+            x = sx[k] + _mul(pw, bw[k]) + (ix + 0.5) * bw[k] / gw
             y0, y1, x0, x1, w0, w1, w2, w3 = _bilinear(y, x, height, width)
             v = (
                 w0 * features[b, c, y0, x0]
@@ -81,9 +87,9 @@ def _roi_align_backward(grad_out, batch, sx, sy, bw, bh, grid_h, grid_w, grad):
         return
     g = grad_out[k, c, ph, pw] / (gh * gw)
     for iy in range(gh):
-        y = sy[k] + ph * bh[k] + (iy + 0.5) * bh[k] / gh
+        y = sy[k] + _mul(ph, bh[k]) + (iy + 0.5) * bh[k] / gh
         for ix in range(gw):
-            x = sx[k] + pw * bw[k] + (ix + 0.5) * bw[k] / gw
+            x = sx[k] + _mul(pw, bw[k]) + (ix + 0.5) * bw[k] / gw
             y0, y1, x0, x1, w0, w1, w2, w3 = _bilinear(y, x, height, width)
             # Zero weights (a sample outside the map) add nothing; skip the atomics.
             if w0 != 0.0:
@@ -132,7 +138,7 @@ def _blocks(n):
 
 
 def _finish(result, on_device):
-    return result if on_device else result.copy_to_host()
+    return result if on_device else to_host(result)
 
 
 def roi_align(features, geometry, output_size, reduction):
@@ -144,9 +150,9 @@ def roi_align(features, geometry, output_size, reduction):
     if out.size == 0:
         return _finish(out, on_device)
     if h == 0 or w == 0:
-        return _finish(cuda.to_device(np.zeros(out.shape, features.dtype)), on_device)
+        return _finish(to_device(np.zeros(out.shape, features.dtype)), on_device)
     _roi_align_forward[_blocks(out.size), _THREADS](
-        to_device(features), *[cuda.to_device(a) for a in geometry], reduction == "max", out
+        to_device(features), *[to_device(a) for a in geometry], reduction == "max", out
     )
     return _finish(out, on_device)
 
@@ -154,11 +160,11 @@ def roi_align(features, geometry, output_size, reduction):
 def roi_align_backward(grad_out, geometry, features_shape):
     """Gradient of average RoIAlign: (K, C, ph, pw) -> (N, C, H, W) in grad_out's dtype."""
     on_device = is_device_array(grad_out)
-    grad = cuda.to_device(np.zeros(features_shape, grad_out.dtype))
+    grad = to_device(np.zeros(features_shape, grad_out.dtype))
     if grad_out.size == 0 or grad.size == 0:
         return _finish(grad, on_device)
     _roi_align_backward[_blocks(grad_out.size), _THREADS](
-        to_device(grad_out), *[cuda.to_device(a) for a in geometry], grad
+        to_device(grad_out), *[to_device(a) for a in geometry], grad
     )
     return _finish(grad, on_device)
 
@@ -173,7 +179,7 @@ def roi_pool(features, batch, h_start, h_end, w_start, w_end):
         return _finish(out, on_device), _finish(argmax, on_device)
     _roi_pool_forward[_blocks(out.size), _THREADS](
         to_device(features),
-        *[cuda.to_device(a) for a in (batch, h_start, h_end, w_start, w_end)],
+        *[to_device(a) for a in (batch, h_start, h_end, w_start, w_end)],
         out,
         argmax,
     )
@@ -183,10 +189,10 @@ def roi_pool(features, batch, h_start, h_end, w_start, w_end):
 def roi_pool_backward(grad_out, argmax, batch, features_shape):
     """Gradient of RoIPool: each output's gradient to the cell that won its max."""
     on_device = is_device_array(grad_out)
-    grad = cuda.to_device(np.zeros(features_shape, grad_out.dtype))
+    grad = to_device(np.zeros(features_shape, grad_out.dtype))
     if grad_out.size == 0 or grad.size == 0:
         return _finish(grad, on_device)
     _roi_pool_backward[_blocks(grad_out.size), _THREADS](
-        to_device(grad_out), to_device(argmax, np.int64), cuda.to_device(batch), grad
+        to_device(grad_out), to_device(argmax, np.int64), to_device(batch), grad
     )
     return _finish(grad, on_device)

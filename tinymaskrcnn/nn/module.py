@@ -76,8 +76,7 @@ class Parameter:
         """Add ``grad`` (same shape as data) to ``.grad``; a frozen parameter ignores it."""
         if not self.requires_grad:
             return
-        if kernels.is_device_array(grad):  # the cuda backend's gradients live on the GPU
-            grad = grad.copy_to_host()
+        grad = kernels.to_host(grad)  # the cuda backend's gradients may live on the GPU
         if self.grad is None:
             self.grad = np.array(grad, dtype=self.data.dtype, copy=True)
         else:

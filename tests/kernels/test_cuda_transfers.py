@@ -1,0 +1,71 @@
+"""kernels.count_transfers counts every host <-> device copy, and only real copies.
+
+The CUDA kernels and the stages copy through ``kernels.to_device`` and ``kernels.to_host``
+alone, so counting there counts them all: a host array sent to the GPU or a device array
+brought back is one copy, a device array handed to ``to_device`` (or a host array to
+``to_host``) none.
+"""
+
+import numpy as np
+import pytest
+
+from tinymaskrcnn import kernels, nn
+from tinymaskrcnn.boxes import box_iou, nms
+from tinymaskrcnn.kernels import count_transfers, use_backend
+
+pytestmark = pytest.mark.cuda
+
+
+def test_only_real_copies_are_counted_with_their_bytes():
+    x = np.arange(6, dtype=np.float32)
+    with count_transfers() as copies:
+        d_x = kernels.to_device(x)
+        assert kernels.to_device(d_x) is d_x  # already there: no copy
+        assert kernels.to_host(x) is x  # already here: no copy
+        back = kernels.to_host(d_x)
+    np.testing.assert_array_equal(back, x)
+    assert (copies.to_device, copies.to_host, copies.total) == (1, 1, 2)
+    assert copies.bytes_to_device == copies.bytes_to_host == x.nbytes
+
+
+def test_nested_blocks_each_count_what_happened_inside_them():
+    x = np.zeros(3)
+    with count_transfers() as outer:
+        kernels.to_device(x)
+        with count_transfers() as inner:
+            kernels.to_device(x)
+    kernels.to_device(x)  # outside both
+    assert (outer.to_device, inner.to_device) == (2, 1)
+
+
+def test_a_kernel_on_host_arrays_copies_its_inputs_in_and_its_result_out():
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 10, (3, 4)).astype(np.float32)
+    a[:, 2:] += a[:, :2]
+    with use_backend("cuda"), count_transfers() as copies:
+        box_iou(a, a)
+    assert (copies.to_device, copies.to_host) == (2, 1)
+
+
+def test_a_kernel_on_device_arrays_copies_nothing_but_what_it_must():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 1, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
+    with use_backend("cuda"):
+        d_x = kernels.to_device(x)
+        with count_transfers() as copies:
+            d_y = nn.conv2d(d_x, w, None, 1, 1)
+    assert kernels.is_device_array(d_y)
+    assert (copies.to_device, copies.to_host) == (1, 0)  # the host weight goes in
+
+
+def test_nms_on_device_boxes_brings_back_only_the_number_kept():
+    b = np.array([[0, 0, 4, 4], [0, 0, 4, 3.9], [5, 5, 8, 8]], np.float32)
+    scores = np.array([3, 2, 1], np.float32)
+    with use_backend("cuda"):
+        d_b = kernels.to_device(b)
+        with count_transfers() as copies:
+            keep = nms(d_b, scores, 0.5)
+        np.testing.assert_array_equal(kernels.to_host(keep), [0, 2])
+    # in: the score order (sorted on the host); out: the number kept.
+    assert (copies.to_device, copies.to_host) == (1, 1)
