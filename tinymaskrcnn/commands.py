@@ -135,7 +135,6 @@ def run_predict(args) -> int:
     from .data.images import read_image
     from .plotting import save
     from .plotting.detections import plot_detections
-    from .tour import class_names
     from .train import default_backend
 
     try:
@@ -143,7 +142,7 @@ def run_predict(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         fail("predict", err)
     model = load_model(args, "predict")
-    names = class_names(model.cfg)
+    names = model.class_names
     start = time.perf_counter()
     with use_backend(args.backend or default_backend()):
         det = model([image])[0]

@@ -205,20 +205,12 @@ def _draw(model, dataset, seen, learnt, backend, out):
     fig = plot_detection_rows(
         images,
         [(None, detections)],
-        class_names(cfg),
+        model.class_names,
         truths=truths,
         title="the shipped shapes model: detections with score >= 0.5, masks cut at "
         "probability 0.5",
     )
     save(fig, out / "05_detections.png")
-
-
-def class_names(cfg):
-    from .data.shapes import ShapesDataset
-
-    if cfg.num_classes == len(ShapesDataset.CLASSES):
-        return ShapesDataset.CLASSES
-    return tuple(f"class {k}" for k in range(cfg.num_classes))
 
 
 def _anchors_figure(cfg, seen, shown, size):

@@ -5,7 +5,8 @@ A training checkpoint (``checkpoint.safetensors`` of a run folder, run_folder.py
 
     tensors    the model's state_dict under its own names, the optimizer's momentum
                buffers and iteration under ``optimizer.``
-    metadata   config (the MaskRCNNConfig), step, settings (TrainSettings as JSON), rng
+    metadata   config (the MaskRCNNConfig), class_names, step, settings (TrainSettings
+               as JSON), rng
                (the state of the model's random generator, which the RPN and RoI
                samplers draw from)
 
@@ -26,7 +27,13 @@ import numpy as np
 
 from . import nn
 from .model import MaskRCNN
-from .weights import OPTIMIZER_PREFIX, load_checkpoint, model_weights, save_checkpoint
+from .weights import (
+    OPTIMIZER_PREFIX,
+    class_names_of,
+    load_checkpoint,
+    model_weights,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -126,7 +133,7 @@ def save_training_state(path, model, optimizer, step, settings) -> str:
         "settings": settings.to_json(),
         "rng": json.dumps(model.rng.bit_generator.state),
     }
-    return save_checkpoint(path, state, model.cfg, metadata)
+    return save_checkpoint(path, state, model.cfg, metadata, model.class_names)
 
 
 def load_training_state(path):
@@ -144,7 +151,8 @@ def load_training_state(path):
             "folder can resume"
         )
     settings = TrainSettings.from_json(metadata["settings"])
-    model = MaskRCNN(cfg, rng=np.random.default_rng(settings.seed))
+    names = class_names_of(metadata, cfg, path)
+    model = MaskRCNN(cfg, rng=np.random.default_rng(settings.seed), class_names=names)
     weights = model_weights(state)
     model.load_state_dict(weights)
     rng = np.random.default_rng(0)  # a generator whose state the saved one replaces
@@ -172,4 +180,4 @@ def export_weights(source, out, half: bool = True) -> str:
     extra = {"source": os.path.basename(os.fspath(source))}
     if "step" in metadata:
         extra["step"] = metadata["step"]
-    return save_checkpoint(out, state, model.cfg, extra)
+    return save_checkpoint(out, state, model.cfg, extra, model.class_names)

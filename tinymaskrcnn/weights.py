@@ -2,7 +2,11 @@
 
 A checkpoint is a safetensors file (no pickle: loading one cannot run code) holding
 every parameter and buffer under torchvision's ``state_dict`` names, plus metadata:
-``config`` (the MaskRCNNConfig as JSON) and ``format`` (this module's version).
+``config`` (the MaskRCNNConfig as JSON), ``class_names`` (a JSON list, one name per
+label, index 0 the background) and ``format`` (this module's version). The names are
+what ``predict`` and the tour draw: COCO's 91 for converted torchvision weights
+(``COCO_NAMES``, torchvision's list with its "N/A" gaps), the dataset's for a trained
+model; a checkpoint without them gets ``class 0``, ``class 1``, ...
 Files are written to a temporary file in the same folder and renamed, so a crash
 never leaves a half-written checkpoint under the real name.
 
@@ -30,6 +34,12 @@ from .atomic_file import write_atomically
 from .nn.module import KEY_RENAMES, new_key, upgrade_state_dict  # noqa: F401 (re-exported)
 
 FORMAT = "tinymaskrcnn-1"
+CLASS_NAMES_KEY = "class_names"
+
+# torchvision's COCO category names (its detection weights' meta["categories"]), indexed by
+# label: "__background__" at 0 and "N/A" for the ids COCO left unused.
+with open(os.path.join(os.path.dirname(__file__), "pretrained", "coco_names.txt")) as _f:
+    COCO_NAMES = tuple(_f.read().splitlines())
 
 # What training checkpoints store besides the model: the optimizer's state, under this.
 OPTIMIZER_PREFIX = "optimizer."
@@ -67,20 +77,77 @@ def describe_differences(diff: dict[str, list[str]], limit: int = 8) -> str:
     return "; ".join(lines)
 
 
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """``("background", "class 1", ...)``: the names of a model nobody named."""
+    return ("background",) + tuple(f"class {k}" for k in range(1, num_classes))
+
+
+def check_class_names(names, num_classes: int, where: str = "class_names") -> tuple[str, ...]:
+    """``names`` as a tuple of ``num_classes`` strings (index 0 the background), or a
+    ValueError naming ``where``; None gives ``default_class_names``."""
+    if names is None:
+        return default_class_names(num_classes)
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{where} must be a list of strings, one per label; got {names!r}")
+    names = tuple(names)
+    if len(names) != num_classes:
+        raise ValueError(
+            f"{where} holds {len(names)} class names but the model has num_classes="
+            f"{num_classes} (background included): give one name per label"
+        )
+    return names
+
+
+def fit_class_names(names, num_classes: int, where: str) -> tuple[str, ...]:
+    """A dataset's names (``CLASSES``: index = label) for a model of ``num_classes``:
+    padded with ``class k`` when the model has labels the dataset does not use; a
+    ValueError when the dataset has more labels than the model."""
+    names = tuple(names)
+    if len(names) > num_classes:
+        raise ValueError(
+            f"{where} has labels up to {len(names) - 1} but the model has num_classes="
+            f"{num_classes}: set num_classes={len(names)} (e.g. --set num_classes={len(names)})"
+        )
+    return names + default_class_names(num_classes)[len(names) :]
+
+
+def class_names_of(metadata: dict, config, path) -> tuple[str, ...]:
+    """The class names stored in a checkpoint's metadata, checked against its config
+    (``default_class_names`` when it stores none)."""
+    num_classes = 0 if config is None else config.num_classes
+    if CLASS_NAMES_KEY not in metadata:
+        return default_class_names(num_classes)
+    where = f"checkpoint {os.fspath(path)!r}"
+    try:
+        names = json.loads(metadata[CLASS_NAMES_KEY])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: its class_names do not parse as JSON: {err}") from None
+    if config is None:
+        return check_class_names(names, len(names), f"{where}: class_names")
+    return check_class_names(names, num_classes, f"{where}: class_names")
+
+
 # --- files ------------------------------------------------------------------------------
 
 
-def save_checkpoint(path, state: dict, config=None, metadata: dict | None = None) -> str:
+def save_checkpoint(
+    path, state: dict, config=None, metadata: dict | None = None, class_names=None
+) -> str:
     """Write ``state`` (name -> ndarray) and the config to a safetensors file, atomically.
 
     config: a MaskRCNNConfig (stored as JSON under the metadata key "config") or None.
-    metadata: extra str -> str entries (e.g. training step). Returns the path.
+    metadata: extra str -> str entries (e.g. training step).
+    class_names: one name per label (``config.num_classes`` of them), or None.
+    Returns the path.
     """
     from safetensors.numpy import save
 
     meta = {"format": FORMAT}
     if config is not None:
         meta["config"] = config.to_json()
+    if class_names is not None:
+        count = len(class_names) if config is None else config.num_classes
+        meta[CLASS_NAMES_KEY] = json.dumps(list(check_class_names(class_names, count)))
     for key, value in (metadata or {}).items():
         meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
     tensors = {}
@@ -100,7 +167,8 @@ def load_checkpoint(path):
     """Read a checkpoint: (state dict in current key names, MaskRCNNConfig or None, metadata).
 
     Raises FileNotFoundError for a missing file and ValueError for a file that is
-    truncated, corrupted or not a safetensors file, naming the path.
+    truncated, corrupted or not a safetensors file, or whose class names do not number
+    its config's classes, naming the path.
     """
     from safetensors.numpy import load
 
@@ -125,6 +193,7 @@ def load_checkpoint(path):
             config = MaskRCNNConfig.from_json(metadata["config"])
         except ValueError as err:
             raise ValueError(f"checkpoint {path!r} holds an invalid config: {err}") from None
+    class_names_of(metadata, config, path)  # a count that disagrees is an error here
     return upgrade_state_dict(state), config, metadata
 
 
@@ -166,7 +235,8 @@ def convert_torchvision(in_path, out_path, config=None) -> str:
     Needs torch (``pip install torch``); only this function imports it. Keys of
     either generation are accepted and written in the current one.
     config: the MaskRCNNConfig stored with it; by default torchvision's ResNet-50-FPN
-    preset with num_classes read from the classifier's shape.
+    preset with num_classes read from the classifier's shape. A 91-class model is
+    stored with COCO's names (``COCO_NAMES``), any other with ``class k``.
     """
     try:
         import torch
@@ -186,4 +256,6 @@ def convert_torchvision(in_path, out_path, config=None) -> str:
         cls = state.get("roi_heads.box_predictor.cls_score.weight")
         num_classes = 91 if cls is None else int(cls.shape[0])
         config = MaskRCNNConfig.torchvision_resnet50_fpn(num_classes=num_classes)
-    return save_checkpoint(out_path, state, config, {"source": os.path.basename(in_path)})
+    names = COCO_NAMES if config.num_classes == len(COCO_NAMES) else None
+    source = {"source": os.path.basename(in_path)}
+    return save_checkpoint(out_path, state, config, source, class_names=names)
