@@ -20,7 +20,10 @@ generations load here (``KEY_RENAMES``, applied by every ``load_state_dict``), a
     roi_heads.mask_head.mask_fcn1.weight  <->  roi_heads.mask_head.0.0.weight
 
 ``convert_torchvision(in.pth, out.safetensors)`` turns a torchvision ``.pth`` file into
-a checkpoint (it needs torch, which the rest of the package never imports).
+a checkpoint (it needs torch, which the rest of the package never imports). The other
+way, ``export_torchvision(checkpoint, out)`` writes a state_dict that
+``torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+**torchvision_kwargs(cfg))`` loads with ``strict=True`` (README, Moving to torchvision).
 """
 
 from __future__ import annotations
@@ -259,3 +262,158 @@ def convert_torchvision(in_path, out_path, config=None) -> str:
     names = COCO_NAMES if config.num_classes == len(COCO_NAMES) else None
     source = {"source": os.path.basename(in_path)}
     return save_checkpoint(out_path, state, config, source, class_names=names)
+
+
+# --- to torchvision -----------------------------------------------------------------------
+
+# torchvision's maskrcnn_resnet50_fpn built with weights=None uses nn.BatchNorm2d, eps 1e-5.
+TORCHVISION_BN_EPS = 1e-5
+
+# MaskRCNNConfig fields passed to maskrcnn_resnet50_fpn under the same keyword.
+_TORCHVISION_KEYWORDS = (
+    "num_classes",
+    "min_size",
+    "max_size",
+    "image_mean",
+    "image_std",
+    "size_divisible",
+    "rpn_pre_nms_top_n_train",
+    "rpn_pre_nms_top_n_test",
+    "rpn_post_nms_top_n_train",
+    "rpn_post_nms_top_n_test",
+    "rpn_nms_thresh",
+    "rpn_fg_iou_thresh",
+    "rpn_bg_iou_thresh",
+    "rpn_batch_size_per_image",
+    "rpn_positive_fraction",
+    "rpn_score_thresh",
+    "box_score_thresh",
+    "box_nms_thresh",
+    "box_detections_per_img",
+    "box_fg_iou_thresh",
+    "box_bg_iou_thresh",
+    "box_batch_size_per_image",
+    "box_positive_fraction",
+    "bbox_reg_weights",
+)
+# Fields torchvision fixes in maskrcnn_resnet50_fpn's code: only its own value exports.
+_TORCHVISION_FIXED = {
+    "backbone": ("resnet50", "the builder makes a ResNet-50"),
+    "backbone_width": (1.0, "torchvision's ResNet has no width multiplier"),
+    "fpn_out_channels": (256, "the FPN has 256 channels"),
+    "box_representation_size": (1024, "TwoMLPHead is 1024 wide"),
+    "mask_layers": ((256, 256, 256, 256), "MaskRCNNHeads has four 256-channel convolutions"),
+    "mask_dilation": (1, "MaskRCNNHeads is built with dilation 1"),
+    "anchor_sizes": (
+        ((32,), (64,), (128,), (256,), (512,)),
+        "its AnchorGenerator has sizes 32..512 (rpn_anchor_generator takes an object, not JSON)",
+    ),
+    "aspect_ratios": (
+        ((0.5, 1.0, 2.0),) * 5,
+        "its AnchorGenerator has ratios 0.5, 1, 2 on every level",
+    ),
+    "roi_op": ("align", "its poolers are MultiScaleRoIAlign"),
+    "box_roi_output_size": (7, "the box pooler is 7 x 7"),
+    "mask_roi_output_size": (14, "the mask pooler is 14 x 14"),
+    "roi_sampling_ratio": (2, "its poolers sample 2 points per bin and axis"),
+    "mask_loss": ("sigmoid", "its mask loss is the per-class sigmoid"),
+}
+
+
+def torchvision_kwargs(cfg) -> dict:
+    """The keyword arguments that build ``cfg``'s model in torchvision, as plain JSON values:
+
+        torchvision.models.detection.maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, **torchvision_kwargs(cfg))
+
+    num_classes, the transform's sizes, mean, std and padding, and every RPN and RoI-head
+    setting and threshold, under torchvision's names (MaskRCNNConfig's own). Raises a
+    ValueError naming each setting that has no keyword there and differs from the value
+    torchvision builds in (another backbone, a width multiplier, other anchors, RoIPool,
+    other head sizes, ...). ``trainable_backbone_layers`` is left out: without weights
+    torchvision trains every layer whatever it is given (freeze stages there yourself),
+    and it does not change what the model computes. The batch-norm epsilon is carried by
+    the weights ``export_torchvision`` writes.
+    """
+    values = cfg.to_dict()
+    problems = []
+    for name, (value, why) in _TORCHVISION_FIXED.items():
+        if json.loads(json.dumps(value)) != values[name]:
+            problems.append(f"{name}={values[name]!r} ({why}: only {value!r} exports)")
+    if problems:
+        raise ValueError(
+            "torchvision's maskrcnn_resnet50_fpn has no keyword for "
+            + "; ".join(problems)
+            + ". Export a model built with MaskRCNNConfig.torchvision_resnet50_fpn"
+        )
+    return {name: values[name] for name in _TORCHVISION_KEYWORDS}
+
+
+def to_torchvision_state_dict(state: dict, cfg) -> dict:
+    """The state_dict (name -> ndarray) that maskrcnn_resnet50_fpn without weights loads
+    with ``strict=True``, from a model's ``state`` (torchvision's names) and its config.
+
+    A zero int64 ``num_batches_tracked`` joins every batch norm, and the batch norms'
+    weights are rescaled by sqrt((var + 1e-5) / (var + eps)) so that torchvision's
+    BatchNorm2d (eps 1e-5) gives the output of this model's epsilon (``frozen_bn_eps``,
+    0.0 for the COCO weights); the statistics stay its running_mean and running_var.
+    Raises torchvision_kwargs' ValueError for a model torchvision cannot build.
+    """
+    torchvision_kwargs(cfg)
+    state = dict(model_weights(state))
+    eps = float(cfg.frozen_bn_eps)
+    for name in [k for k in state if k.endswith(".running_var")]:
+        prefix = name[: -len("running_var")]
+        state[prefix + "num_batches_tracked"] = np.zeros((), np.int64)
+        if eps != TORCHVISION_BN_EPS:
+            var = state[name].astype(np.float64)
+            weight = state[prefix + "weight"]
+            ratio = np.sqrt((var + TORCHVISION_BN_EPS) / (var + eps))
+            state[prefix + "weight"] = (weight.astype(np.float64) * ratio).astype(weight.dtype)
+    return state
+
+
+def export_torchvision(in_path, out_path) -> str:
+    """Write checkpoint ``in_path`` as a torchvision state_dict at ``out_path``.
+
+    ``.safetensors`` (load it with ``safetensors.torch.load_file``; its metadata holds
+    ``torchvision_kwargs`` as JSON and the class names) or ``.pth`` (``torch.save``,
+    needs torch). Written atomically; the folder must exist. Raises ValueError for a
+    model torchvision cannot build (``torchvision_kwargs``), another suffix or a
+    missing folder, and RuntimeError for ``.pth`` without torch.
+    """
+    out_path = os.fspath(out_path)
+    suffix = os.path.splitext(out_path)[1].lower()
+    if suffix not in (".safetensors", ".pth"):
+        raise ValueError(f"{out_path!r}: the output must end in .safetensors or .pth")
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{out_path!r}: folder {folder!r} does not exist; create it first")
+    if suffix == ".pth":
+        try:
+            import torch
+        except ImportError as err:
+            raise RuntimeError(
+                f"{out_path!r}: writing .pth needs torch (pip install torch); "
+                "or write .safetensors, which needs nothing more"
+            ) from err
+    state, cfg, metadata = load_checkpoint(in_path)
+    where = f"checkpoint {os.fspath(in_path)!r}"
+    if cfg is None:
+        raise ValueError(f"{where} holds no config, so nothing says what model it is")
+    try:
+        kwargs = torchvision_kwargs(cfg)
+    except ValueError as err:
+        raise ValueError(f"{where} cannot move to torchvision: {err}") from None
+    state = to_torchvision_state_dict(state, cfg)
+    if suffix == ".pth":
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+        return write_atomically(out_path, lambda f: torch.save(tensors, f))
+    from safetensors.numpy import save
+
+    meta = {
+        "torchvision_kwargs": json.dumps(kwargs),
+        CLASS_NAMES_KEY: json.dumps(list(class_names_of(metadata, cfg, in_path))),
+    }
+    data = save({k: np.array(v, order="C") for k, v in state.items()}, metadata=meta)
+    return write_atomically(out_path, lambda f: f.write(data))
