@@ -309,3 +309,17 @@ def test_an_exported_r50_checkpoint_loads_strictly_into_torchvision_with_the_sam
     theirs.load_state_dict(from_safetensors, strict=True)
     image = _photo()
     _assert_same_detections(_our_detections(ours, image), _torchvision_detections(theirs, image))
+
+
+@pytest.mark.slow
+def test_a_pth_of_another_architecture_lists_what_does_not_fit(tmp_path):
+    _torchvision()
+    import torch
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    torch.save(fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict(),
+               tmp_path / "faster.pth")  # fmt: skip
+    out = tmp_path / "faster.safetensors"
+    with pytest.raises(SystemExit, match=r"faster\.pth.*missing \(\d+\): roi_heads\.mask_head"):
+        main(["convert-torchvision", str(tmp_path / "faster.pth"), str(out)])
+    assert not out.exists()

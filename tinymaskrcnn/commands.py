@@ -232,12 +232,14 @@ def run_evaluate(args) -> int:
 
 
 def run_convert(args) -> int:
+    from .model import MaskRCNN
     from .weights import convert_torchvision
 
     if not args.input.is_file():
         fail("convert-torchvision", f"{args.input} does not exist")
     try:
-        print(f"wrote {convert_torchvision(args.input, args.output)}")
+        expected = lambda cfg: MaskRCNN(cfg).state_dict()  # the names and shapes to fit
+        print(f"wrote {convert_torchvision(args.input, args.output, expected=expected)}")
     except (ValueError, RuntimeError) as err:
         fail("convert-torchvision", err)
     return 0

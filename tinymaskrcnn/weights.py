@@ -232,7 +232,7 @@ def load_into(model, path, strict: bool = True):
 # --- torchvision .pth files ------------------------------------------------------------------
 
 
-def convert_torchvision(in_path, out_path, config=None) -> str:
+def convert_torchvision(in_path, out_path, config=None, expected=None) -> str:
     """Convert a torchvision Mask R-CNN ``.pth`` (a state_dict) into a checkpoint.
 
     Needs torch (``pip install torch``); only this function imports it. Keys of
@@ -240,6 +240,9 @@ def convert_torchvision(in_path, out_path, config=None) -> str:
     config: the MaskRCNNConfig stored with it; by default torchvision's ResNet-50-FPN
     preset with num_classes read from the classifier's shape. A 91-class model is
     stored with COCO's names (``COCO_NAMES``), any other with ``class k``.
+    expected: optional function config -> {name: array} of the model the file must fit
+    (``lambda cfg: MaskRCNN(cfg).state_dict()``, as the command does); a file of another
+    architecture then raises a ValueError listing what does not fit, and nothing is written.
     """
     try:
         import torch
@@ -259,6 +262,14 @@ def convert_torchvision(in_path, out_path, config=None) -> str:
         cls = state.get("roi_heads.box_predictor.cls_score.weight")
         num_classes = 91 if cls is None else int(cls.shape[0])
         config = MaskRCNNConfig.torchvision_resnet50_fpn(num_classes=num_classes)
+    if expected is not None:
+        wanted = expected(config)
+        diff = compare_state_dicts(wanted, upgrade_state_dict(state, set(wanted)))
+        if any(diff.values()):
+            raise ValueError(
+                f"{os.fspath(in_path)!r} is not torchvision's maskrcnn_resnet50_fpn with "
+                f"{config.num_classes} classes: {describe_differences(diff)}"
+            )
     names = COCO_NAMES if config.num_classes == len(COCO_NAMES) else None
     source = {"source": os.path.basename(in_path)}
     return save_checkpoint(out_path, state, config, source, class_names=names)
