@@ -47,9 +47,9 @@ def stand_in_target(arrays, score_thresh=SCORE_THRESH):
     (height, width) = arrays["transform"]["original_sizes"][0]
     keep = np.flatnonzero(det["scores"] >= score_thresh)
     if len(keep):
-        what = f"its {len(keep)} detections scoring >= {score_thresh:g}"
+        what = f"{len(keep)} detections scoring >= {score_thresh:g}"
     elif len(det["scores"]):
-        keep, what = np.array([0]), f"its best detection (none scores >= {score_thresh:g})"
+        keep, what = np.array([0]), f"best detection (none scores >= {score_thresh:g})"
     if len(det["scores"]):
         boxes, labels = det["boxes"][keep], det["labels"][keep]
         masks = (det["masks"][keep, 0] > 0.5).astype(np.uint8)
@@ -58,7 +58,7 @@ def stand_in_target(arrays, score_thresh=SCORE_THRESH):
         ratio = np.array([width / resized[1], height / resized[0]] * 2, np.float32)
         boxes = arrays["proposals"]["boxes"][0][:1] * ratio
         labels, masks = np.ones(1, np.int64), np.zeros((1, height, width), np.uint8)
-        what = "its best proposal (nothing was detected)"
+        what = "best proposal (nothing was detected)"
     boxes = np.clip(boxes, 0, [width, height, width, height]).astype(np.float32)
     for mask, (x1, y1, x2, y2) in zip(masks, boxes, strict=True):
         if not mask.any():
