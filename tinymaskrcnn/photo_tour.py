@@ -21,11 +21,11 @@ import numpy as np
 
 from . import nn
 from .tour import (
-    _anchors_figure,
-    _matching_figure,
-    _proposals_figure,
-    _roi_figure,
+    anchors_figure,
+    matching_figure,
+    proposals_figure,
     report,
+    roi_figure,
     time_stages,
 )
 
@@ -100,12 +100,12 @@ def _draw(model, image, name, seen, learnt, what, out):
     (size,) = seen["transform"]["image_sizes"]
     shown = np.clip(nn.resize_bilinear(image, size), 0, 1)  # the model's frame
     levels = grid_levels(seen["anchors"]["num_per_level"], cfg.num_anchors_per_location)
-    save(_anchors_figure(cfg, seen, shown, size, levels), out / "01_anchors.png")
+    save(anchors_figure(cfg, seen, shown, size, levels), out / "01_anchors.png")
     matching = (
         f"Anchor matches at {cfg.rpn_fg_iou_thresh} / {cfg.rpn_bg_iou_thresh} (as the RPN "
         f"trains)\nagainst the model's own {what}, standing in for ground truth"
     )
-    save(_matching_figure(cfg, learnt, shown, matching), out / "02_matching.png")
+    save(matching_figure(cfg, learnt, shown, matching), out / "02_matching.png")
     (candidates,) = seen["proposal_candidates"]["boxes"]
     (survivors,) = seen["proposals"]["nms_keep"]
     (proposals,) = seen["proposals"]["boxes"]
@@ -114,9 +114,9 @@ def _draw(model, image, name, seen, learnt, what, out):
         f"RPN on {name}: {len(candidates):,} boxes, {len(survivors):,} after NMS, the best "
         f"{len(proposals):,} are the proposals; drawn: the top {shown_n} of each"
     )
-    fig = _proposals_figure(cfg, seen, learnt, shown, SHOWN_PROPOSALS, rpn)
+    fig = proposals_figure(cfg, seen, learnt, shown, SHOWN_PROPOSALS, rpn)
     save(fig, out / "03_proposals.png")
-    save(_roi_figure(cfg, seen, shown), out / "04_roipool_vs_roialign.png")
+    save(roi_figure(cfg, seen, shown), out / "04_roipool_vs_roialign.png")
     (final,) = seen["masks"]["detections"]
     count = int((final["scores"] >= SCORE_THRESH).sum())
     title = (

@@ -1,6 +1,8 @@
 """The tour and the bench: the package timed on each backend, with figures.
 
-``run_tour``: the shipped shapes model run once per backend, stage by stage.
+``run_tour``: the shipped shapes model run once per backend, stage by stage
+(``photo_tour.py`` runs the same on a photograph with any checkpoint, through
+``time_stages``, ``report`` and the figure functions here).
 
 Nothing here computes a stage. ``MaskRCNN.forward`` reports each stage boundary to a
 trace (``model.STAGES``); the tour's ``Recorder`` keeps what each stage handed on and the
@@ -106,7 +108,8 @@ def run_tour(model, dataset, backends, out, print=print, repeats=REPEATS) -> Non
     """Time and draw every stage of ``model`` on ``dataset[0]``; figures go to ``out``.
 
     model: a MaskRCNN (the shipped shapes model). dataset: indexable (image, target).
-    backends: names to time. out: a pathlib.Path folder for the PNGs.
+    backends: names to time. out: a pathlib.Path folder for the PNGs. repeats: timed
+    runs per backend after the warm-up.
     """
     image, target = dataset[0]
     inference, training, times = time_stages(model, image, target, backends, repeats)
@@ -217,10 +220,10 @@ def _draw(model, dataset, seen, learnt, backend, out):
     (size,) = seen["transform"]["image_sizes"]
     # The image in the model's frame (the figures draw the resized image).
     shown = np.clip(nn.resize_bilinear(dataset[0][0], size), 0, 1)
-    save(_anchors_figure(cfg, seen, shown, size), out / "01_anchors.png")
-    save(_matching_figure(cfg, learnt, shown), out / "02_matching.png")
-    save(_proposals_figure(cfg, seen, learnt, shown), out / "03_proposals.png")
-    save(_roi_figure(cfg, seen, shown), out / "04_roipool_vs_roialign.png")
+    save(anchors_figure(cfg, seen, shown, size), out / "01_anchors.png")
+    save(matching_figure(cfg, learnt, shown), out / "02_matching.png")
+    save(proposals_figure(cfg, seen, learnt, shown), out / "03_proposals.png")
+    save(roi_figure(cfg, seen, shown), out / "04_roipool_vs_roialign.png")
     images = [dataset[i][0] for i in range(len(dataset))]
     with use_backend(backend):
         detections = model.eval()(images)
@@ -236,7 +239,7 @@ def _draw(model, dataset, seen, learnt, backend, out):
     save(fig, out / "05_detections.png")
 
 
-def _anchors_figure(cfg, seen, shown, size, grid_levels=(1, 2)):
+def anchors_figure(cfg, seen, shown, size, grid_levels=(1, 2)):
     """grid_levels: the two level indices (0 = P2) whose grids are drawn as dots."""
     from .plotting.anchors import plot_anchor_tiling
 
@@ -257,7 +260,7 @@ def _anchors_figure(cfg, seen, shown, size, grid_levels=(1, 2)):
     return fig
 
 
-def _matching_figure(cfg, learnt, shown, title=None):
+def matching_figure(cfg, learnt, shown, title=None):
     from .plotting.matching import plot_anchor_labels
 
     high, low = cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh
@@ -277,7 +280,7 @@ def _matching_figure(cfg, learnt, shown, title=None):
     )
 
 
-def _proposals_figure(cfg, seen, learnt, shown, n=30, title=None):
+def proposals_figure(cfg, seen, learnt, shown, n=30, title=None):
     """The best ``n`` candidates before and after NMS; ``title`` replaces the default."""
     from .plotting.rpn import plot_proposals_nms
 
@@ -304,7 +307,7 @@ def _proposals_figure(cfg, seen, learnt, shown, n=30, title=None):
     return fig
 
 
-def _roi_figure(cfg, seen, shown):
+def roi_figure(cfg, seen, shown):
     """RoIPool's bins vs RoIAlign's samples for the best detection, on the level FPN picks
     (the best proposal when nothing was detected)."""
     from .plotting.roi_ops import plot_roi_pool_vs_align_on_level
