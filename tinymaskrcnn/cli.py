@@ -1,11 +1,13 @@
 """The ``tinymaskrcnn`` command line (docs/architecture.md, Command line).
 
-    tinymaskrcnn tour [--out DIR] [--backend NAME|all] [--seed N] [--image-size PX]
+    tinymaskrcnn tour [--out DIR] [--backend NAME|all] [--seed N] [--image-size PX] [--repeats N]
+    tinymaskrcnn tour --image PHOTO [--checkpoint FILE] [--out DIR] [--backend NAME|all]
     tinymaskrcnn train [--config shapes] [--out RUN] [--resume] [--set F=V] [--steps N] ...
     tinymaskrcnn predict IMAGE [--out PNG] [--checkpoint FILE] [--score-thresh S]
     tinymaskrcnn evaluate [--checkpoint FILE] [--coco JSON] [--num-images N] [--seed N]
     tinymaskrcnn bench [--backend NAME|all] [--quick]
     tinymaskrcnn convert-torchvision IN.pth OUT.safetensors
+    tinymaskrcnn export-torchvision CHECKPOINT OUT(.safetensors|.pth)
     tinymaskrcnn check CASE.npz [--layout L] [--boxes xyxy|normalized-yxyx] [--save-figure PNG]
 
 This module only parses arguments and reports errors; the work is done where it
@@ -31,7 +33,7 @@ def main(argv=None) -> int:
         prog="tinymaskrcnn", description="Mask R-CNN from scratch in NumPy, with Numba kernels."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for add in (_tour, _train, _predict, _evaluate, _bench, _convert, _check):
+    for add in (_tour, _train, _predict, _evaluate, _bench, _convert, _export, _check):
         add(sub)
     args = parser.parse_args(argv)
     try:
@@ -84,7 +86,9 @@ def _tour(sub):
         "FPN, anchors, matching, RPN, proposals + NMS, RoI heads, masks): print what each "
         "stage produced and how long it took on each backend, and write a figure per stage "
         "(anchors, anchor matches, proposals before/after NMS, RoIPool vs RoIAlign on a "
-        "detected object, detections with masks).",
+        "detected object, detections with masks). With --image, the same on your photograph "
+        "with any checkpoint (--checkpoint; e.g. one made by convert-torchvision), the "
+        "anchors matched against the model's own confident detections.",
     )
     p.add_argument(
         "--out",
@@ -104,6 +108,30 @@ def _tour(sub):
         metavar="PX",
         help="side of the square shapes images in pixels, at least 64; the model "
         "resizes them to its 128-pixel input (default: 128)",
+    )
+    p.add_argument(
+        "--image",
+        default=None,
+        type=pathlib.Path,
+        metavar="PHOTO",
+        help="tour a photograph instead (PNG, JPEG, anything Pillow reads); "
+        "--seed and --image-size are then unused",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        type=pathlib.Path,
+        metavar="FILE",
+        help="with --image: the model to tour, any checkpoint written here or by "
+        "convert-torchvision (default: the shipped shapes model)",
+    )
+    p.add_argument(
+        "--repeats",
+        default=None,
+        type=int,
+        metavar="N",
+        help="timed runs per backend after the warm-up, the best shown "
+        "(default: 3, or 1 with --image)",
     )
     p.set_defaults(run=commands.run_tour)
 
@@ -272,6 +300,23 @@ def _convert(sub):
     p.add_argument("input", type=pathlib.Path, help="the .pth file")
     p.add_argument("output", type=pathlib.Path, help="the .safetensors file to write")
     p.set_defaults(run=commands.run_convert)
+
+
+def _export(sub):
+    p = sub.add_parser(
+        "export-torchvision",
+        help="write a checkpoint as a state_dict torchvision's maskrcnn_resnet50_fpn loads",
+        description="Write a checkpoint's weights under torchvision's names, with the batch-norm "
+        "counters torchvision's BatchNorm2d expects, so that maskrcnn_resnet50_fpn(weights=None, "
+        "weights_backbone=None, **tinymaskrcnn.weights.torchvision_kwargs(cfg)) loads it with "
+        "strict=True and gives the same detections. OUT.safetensors needs nothing more (load it "
+        "with safetensors.torch.load_file; its metadata holds the kwargs); OUT.pth needs torch. "
+        "A model torchvision cannot build (another backbone, a width multiplier, other anchors "
+        "or heads, RoIPool) is refused with the settings that stand in the way.",
+    )
+    p.add_argument("checkpoint", type=pathlib.Path, help="a checkpoint written here")
+    p.add_argument("output", type=pathlib.Path, help="the .safetensors or .pth file to write")
+    p.set_defaults(run=commands.run_export)
 
 
 def _check(sub):

@@ -40,10 +40,19 @@ def run_tour(args) -> int:
     from .data.shapes import ShapesDataset
     from .model import MaskRCNN
 
+    if args.image is not None:
+        return _run_photo_tour(args)
+    if args.checkpoint is not None:
+        fail(
+            "tour",
+            "--checkpoint needs --image PHOTO (without one the tour runs the shipped shapes "
+            "model on shapes images)",
+        )
     if args.image_size < 64:
         fail("tour", f"--image-size must be at least 64; got {args.image_size}")
     if args.seed < 0:
         fail("tour", f"--seed must be a non-negative int; got {args.seed}")
+    repeats = _repeats(args, tour.REPEATS)
     try:
         backends = tour.tour_backends(args.backend)
         model = MaskRCNN.from_pretrained("shapes")
@@ -61,10 +70,43 @@ def run_tour(args) -> int:
         f"tinymaskrcnn tour: the shipped shapes model on {args.image_size}x{args.image_size} "
         f"shapes images (seed {args.seed}); image 0 holds {len(dataset[0][1]['boxes'])} "
         "objects.\nThe model runs once per backend to warm up (Numba compiles, then caches "
-        "on disk), then the best of 3 runs of each stage is shown.\n"
+        f"on disk), then the best of {repeats} runs of each stage is shown.\n"
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    tour.run_tour(model, dataset, backends, args.out)
+    tour.run_tour(model, dataset, backends, args.out, repeats=repeats)
+    return 0
+
+
+def _repeats(args, default):
+    if args.repeats is None:
+        return default
+    if args.repeats < 1:
+        fail("tour", f"--repeats must be at least 1; got {args.repeats}")
+    return args.repeats
+
+
+def _run_photo_tour(args) -> int:
+    from . import tour
+    from .data.images import read_image
+    from .photo_tour import run_photo_tour
+
+    repeats = _repeats(args, 1)
+    try:
+        image = read_image(args.image)
+        backends = tour.tour_backends(args.backend)
+    except (ValueError, FileNotFoundError) as err:
+        fail("tour", err)
+    model = load_model(args, "tour")
+    what = "the shipped shapes model" if args.checkpoint is None else str(args.checkpoint)
+    cfg = model.cfg
+    print(
+        f"tinymaskrcnn tour: {what} ({cfg.backbone}, {cfg.num_classes} classes) on "
+        f"{args.image} ({image.shape[2]}x{image.shape[1]}).\nThe model runs once per backend "
+        f"to warm up (Numba compiles, then caches on disk), then the best of {repeats} "
+        f"run{'s' if repeats > 1 else ''} of each stage is shown (--repeats).\n"
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_photo_tour(model, image, args.image.name, backends, args.out, repeats=repeats)
     return 0
 
 
@@ -145,7 +187,6 @@ def run_predict(args) -> int:
     from .data.images import read_image
     from .plotting import save
     from .plotting.detections import plot_detections
-    from .tour import class_names
     from .train import default_backend
 
     if not 0 <= args.score_thresh <= 1:
@@ -155,7 +196,7 @@ def run_predict(args) -> int:
     except (ValueError, FileNotFoundError) as err:
         fail("predict", err)
     model = load_model(args, "predict")
-    names = class_names(model.cfg)
+    names = model.class_names
     start = time.perf_counter()
     with use_backend(args.backend or default_backend()):
         det = model([image])[0]
@@ -203,15 +244,27 @@ def run_evaluate(args) -> int:
 
 
 def run_convert(args) -> int:
+    from .model import MaskRCNN
     from .weights import convert_torchvision
 
     if not args.input.is_file():
         what = "is a folder, not a .pth file" if args.input.is_dir() else "does not exist"
         fail("convert-torchvision", f"{args.input} {what}")
     try:
-        print(f"wrote {convert_torchvision(args.input, args.output)}")
+        expected = lambda cfg: MaskRCNN(cfg).state_dict()  # the names and shapes to fit
+        print(f"wrote {convert_torchvision(args.input, args.output, expected=expected)}")
     except (ValueError, RuntimeError) as err:
         fail("convert-torchvision", err)
+    return 0
+
+
+def run_export(args) -> int:
+    from .weights import export_torchvision
+
+    try:
+        print(f"wrote {export_torchvision(args.checkpoint, args.output)}")
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        fail("export-torchvision", err)
     return 0
 
 

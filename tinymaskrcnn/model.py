@@ -26,7 +26,13 @@ from .fpn import resnet_fpn_backbone
 from .roi_heads import RoIHeads
 from .rpn import RegionProposalNetwork
 from .transform import Transform, check_images
-from .weights import fit_state_dict, load_checkpoint, save_checkpoint
+from .weights import (
+    check_class_names,
+    class_names_of,
+    fit_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 LOSS_NAMES = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 
@@ -63,6 +69,8 @@ class MaskRCNN(nn.Module):
     cfg: MaskRCNNConfig. rng: the model's one np.random.Generator (None: seeded with 0):
     it draws the initial weights, then every sample the RPN and RoI heads take in
     training (set ``model.rng`` to reseed, as the gradient checks do).
+    class_names: one name per label, ``cfg.num_classes`` of them (index 0 the
+    background), saved with the checkpoint; None gives ``class k``.
 
     ``model(images, targets)`` in train mode (the default) -> dict of the five losses
     (floats); ``model.backward()`` accumulates the parameters' gradients.
@@ -78,12 +86,13 @@ class MaskRCNN(nn.Module):
     it receives is the model's own arrays, not copies: read, don't write.
     """
 
-    def __init__(self, cfg: MaskRCNNConfig | None = None, rng=None):
+    def __init__(self, cfg: MaskRCNNConfig | None = None, rng=None, class_names=None):
         super().__init__()
         cfg = MaskRCNNConfig() if cfg is None else cfg
         rng = nn.init.generator(rng)
         self.cfg = cfg
         self.rng = rng
+        self.class_names = check_class_names(class_names, cfg.num_classes)
         self.transform = Transform(cfg)
         self.backbone = resnet_fpn_backbone(
             cfg.backbone,
@@ -158,21 +167,23 @@ class MaskRCNN(nn.Module):
     # --- weights -------------------------------------------------------------------------
 
     def save(self, path, metadata: dict | None = None) -> str:
-        """Write a safetensors checkpoint with this model's config (atomically)."""
-        return save_checkpoint(path, self.state_dict(), self.cfg, metadata)
+        """Write a safetensors checkpoint with this model's config and class names
+        (atomically)."""
+        return save_checkpoint(path, self.state_dict(), self.cfg, metadata, self.class_names)
 
     @classmethod
     def from_checkpoint(cls, path) -> MaskRCNN:
         """A model in eval mode built from any checkpoint written by ``save``/weights.py,
         a training run's ``checkpoint.safetensors`` included (its optimizer state is
         left out)."""
-        state, cfg, _ = load_checkpoint(path)
+        state, cfg, metadata = load_checkpoint(path)
         if cfg is None:
             raise ValueError(
                 f"checkpoint {os.fspath(path)!r} holds no config; build MaskRCNN(cfg) and "
                 "call load_state_dict(weights.load_checkpoint(path)[0]) instead"
             )
-        model = cls(cfg, rng=np.random.default_rng(0))
+        names = class_names_of(metadata, cfg, path)
+        model = cls(cfg, rng=np.random.default_rng(0), class_names=names)
         fit_state_dict(model, state, path)
         return model.eval()
 

@@ -1,6 +1,8 @@
 """The tour and the bench: the package timed on each backend, with figures.
 
-``run_tour``: the shipped shapes model run once per backend, stage by stage.
+``run_tour``: the shipped shapes model run once per backend, stage by stage
+(``photo_tour.py`` runs the same on a photograph with any checkpoint, through
+``time_stages``, ``report`` and the figure functions here).
 
 Nothing here computes a stage. ``MaskRCNN.forward`` reports each stage boundary to a
 trace (``model.STAGES``); the tour's ``Recorder`` keeps what each stage handed on and the
@@ -102,26 +104,50 @@ def record(model, images, targets=None):
     return recorder
 
 
-def run_tour(model, dataset, backends, out, print=print) -> None:
+def run_tour(model, dataset, backends, out, print=print, repeats=REPEATS) -> None:
     """Time and draw every stage of ``model`` on ``dataset[0]``; figures go to ``out``.
 
     model: a MaskRCNN (the shipped shapes model). dataset: indexable (image, target).
-    backends: names to time. out: a pathlib.Path folder for the PNGs.
+    backends: names to time. out: a pathlib.Path folder for the PNGs. repeats: timed
+    runs per backend after the warm-up.
     """
     image, target = dataset[0]
+    inference, training, times = time_stages(model, image, target, backends, repeats)
+    seen, learnt = report(model, inference, training, times, backends, print)
+    _draw(model, dataset, seen, learnt, backends[-1], out)
+    print(f"\nfigures: {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}/")
+
+
+def time_stages(model, image, target, backends, repeats=REPEATS):
+    """Record and time one image's inference and training forwards on every backend.
+
+    image: (3, H, W) float in [0, 1]. target: its target dict (boxes, labels, masks,
+    original frame), or a function that makes one from the first backend's inference
+    ``Recorder.arrays`` (the photo tour's stand-in ground truth), so that every backend
+    matches anchors against the same boxes. Returns (inference, training) Recorders per
+    backend and each backend's best time per stage ({backend: {stage: seconds}}).
+    """
     inference, training, times = {}, {}, {}
     for b in backends:
-        inference[b], eval_times = best_of(lambda: record(model, [image]), b)
-        training[b], train_times = best_of(lambda: record(model, [image], [target]), b)
+        inference[b], eval_times = best_of(lambda: record(model, [image]), b, repeats)
+        if callable(target):
+            target = target(inference[b].arrays)
+        training[b], train_times = best_of(lambda t=target: record(model, [image], [t]), b, repeats)
         times[b] = {**eval_times, "matching": train_times["matching"]}
+    return inference, training, times
+
+
+def report(model, inference, training, times, backends, print=print):
+    """Print the table of stages (time per backend, what each made, whether the backends
+    agree); returns the first backend's (inference, training) arrays, which the figures
+    draw."""
     seen, learnt = inference[backends[0]].arrays, training[backends[0]].arrays
     agree = {
         "matching": all(_same_labels(learnt, training[b].arrays) for b in backends),
         "whole model": all(_same_detections(seen, inference[b].arrays) for b in backends),
     }
     _print_table(model, seen, learnt, times, agree, backends, print)
-    _draw(model, dataset, seen, learnt, backends[-1], out)
-    print(f"\nfigures: {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}/")
+    return seen, learnt
 
 
 def _same_labels(a, b):
@@ -194,10 +220,10 @@ def _draw(model, dataset, seen, learnt, backend, out):
     (size,) = seen["transform"]["image_sizes"]
     # The image in the model's frame (the figures draw the resized image).
     shown = np.clip(nn.resize_bilinear(dataset[0][0], size), 0, 1)
-    save(_anchors_figure(cfg, seen, shown, size), out / "01_anchors.png")
-    save(_matching_figure(cfg, learnt, shown), out / "02_matching.png")
-    save(_proposals_figure(cfg, seen, learnt, shown), out / "03_proposals.png")
-    save(_roi_figure(cfg, seen, shown), out / "04_roipool_vs_roialign.png")
+    save(anchors_figure(cfg, seen, shown, size), out / "01_anchors.png")
+    save(matching_figure(cfg, learnt, shown), out / "02_matching.png")
+    save(proposals_figure(cfg, seen, learnt, shown), out / "03_proposals.png")
+    save(roi_figure(cfg, seen, shown), out / "04_roipool_vs_roialign.png")
     images = [dataset[i][0] for i in range(len(dataset))]
     with use_backend(backend):
         detections = model.eval()(images)
@@ -205,7 +231,7 @@ def _draw(model, dataset, seen, learnt, backend, out):
     fig = plot_detection_rows(
         images,
         [(None, detections)],
-        class_names(cfg),
+        model.class_names,
         truths=truths,
         title="the shipped shapes model: detections with score >= 0.5, masks cut at "
         "probability 0.5",
@@ -213,32 +239,31 @@ def _draw(model, dataset, seen, learnt, backend, out):
     save(fig, out / "05_detections.png")
 
 
-def class_names(cfg):
-    from .data.shapes import ShapesDataset
-
-    if cfg.num_classes == len(ShapesDataset.CLASSES):
-        return ShapesDataset.CLASSES
-    return tuple(f"class {k}" for k in range(cfg.num_classes))
-
-
-def _anchors_figure(cfg, seen, shown, size):
+def anchors_figure(cfg, seen, shown, size, grid_levels=(1, 2)):
+    """grid_levels: the two level indices (0 = P2) whose grids are drawn as dots."""
     from .plotting.anchors import plot_anchor_tiling
 
     anchors = seen["anchors"]
     per_level = np.split(anchors["anchors"], np.cumsum(anchors["num_per_level"])[:-1])
     fig = plot_anchor_tiling(
-        shown, per_level, anchors["strides"], location=(size[0] // 2, size[1] // 2)
+        shown,
+        per_level,
+        anchors["strides"],
+        location=(size[0] // 2, size[1] // 2),
+        grid_levels=grid_levels,
     )
+    a, b = (k + 2 for k in grid_levels)
     fig.axes[0].set_title(
-        f"Grids of P3 and P4 (dots); every level's anchors at one location\n"
+        f"Grids of P{a} and P{b} (dots); every level's anchors at one location\n"
         f"(sizes {', '.join(str(s[0]) for s in cfg.anchor_sizes)} px, 3 aspect ratios)"
     )
     return fig
 
 
-def _matching_figure(cfg, learnt, shown):
+def matching_figure(cfg, learnt, shown, title=None):
     from .plotting.matching import plot_anchor_labels
 
+    high, low = cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh
     (labels,) = learnt["matching"]["labels"]
     gt = learnt["transform"]["targets"][0]["boxes"]
     return plot_anchor_labels(
@@ -248,14 +273,15 @@ def _matching_figure(cfg, learnt, shown):
         labels == 1,
         labels == 0,
         labels == -1,
-        f"Anchor matches at {cfg.rpn_fg_iou_thresh} / {cfg.rpn_bg_iou_thresh} (as the RPN trains)",
+        title or f"Anchor matches at {high} / {low} (as the RPN trains)",
         rng=np.random.default_rng(0),
         max_shown=40,
         thresholds=(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh),
     )
 
 
-def _proposals_figure(cfg, seen, learnt, shown, n=30):
+def proposals_figure(cfg, seen, learnt, shown, n=30, title=None):
+    """The best ``n`` candidates before and after NMS; ``title`` replaces the default."""
     from .plotting.rpn import plot_proposals_nms
 
     (boxes,) = seen["proposal_candidates"]["boxes"]
@@ -273,15 +299,15 @@ def _proposals_figure(cfg, seen, learnt, shown, n=30):
         learnt["transform"]["targets"][0]["boxes"],
         cfg.rpn_nms_thresh,
     )
-    fig.suptitle(
+    default = (
         f"RPN of the shipped model: {len(boxes)} boxes, {len(survivors)} after NMS, "
-        f"the best {len(proposals)} are the proposals",
-        y=0.95,
+        f"the best {len(proposals)} are the proposals"
     )
+    fig.suptitle(title or default, y=0.95)
     return fig
 
 
-def _roi_figure(cfg, seen, shown):
+def roi_figure(cfg, seen, shown):
     """RoIPool's bins vs RoIAlign's samples for the best detection, on the level FPN picks
     (the best proposal when nothing was detected)."""
     from .plotting.roi_ops import plot_roi_pool_vs_align_on_level

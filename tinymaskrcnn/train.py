@@ -39,6 +39,7 @@ from .train_state import (  # noqa: F401 (export_weights re-exported)
     make_optimizer,
     save_training_state,
 )
+from .weights import fit_class_names
 
 # Short names for the progress bar, in LOSS_NAMES order.
 _SHORT = {
@@ -153,6 +154,8 @@ def train(
     settings = TrainSettings() if settings is None else settings
     model, optimizer, start, settings = _open_run(cfg, out_dir, settings, resume)
     dataset, eval_dataset = _datasets(dataset, eval_dataset, settings, model.cfg.min_size)
+    if hasattr(dataset, "CLASSES"):  # the checkpoints name the labels as the dataset does
+        model.class_names = fit_class_names(dataset.CLASSES, model.cfg.num_classes, "the dataset")
     backend = default_backend() if backend is None else backend
 
     logs = RunLogs(out_dir, start)

@@ -5,7 +5,8 @@ A training checkpoint (``checkpoint.safetensors`` of a run folder, run_folder.py
 
     tensors    the model's state_dict under its own names, the optimizer's momentum
                buffers and iteration under ``optimizer.``
-    metadata   config (the MaskRCNNConfig), step, settings (TrainSettings as JSON), rng
+    metadata   config (the MaskRCNNConfig), class_names, step, settings (TrainSettings
+               as JSON), rng
                (the state of the model's random generator, which the RPN and RoI
                samplers draw from)
 
@@ -26,7 +27,13 @@ import numpy as np
 
 from . import nn
 from .model import MaskRCNN
-from .weights import OPTIMIZER_PREFIX, fit_state_dict, load_checkpoint, save_checkpoint
+from .weights import (
+    OPTIMIZER_PREFIX,
+    class_names_of,
+    fit_state_dict,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -43,7 +50,7 @@ class TrainSettings:
     weight_decay: SGD's L2 weight decay
     warmup_iters: steps of linear warm-up from lr / 1000
     milestones: steps at which the rate is multiplied by gamma; none given puts one at
-        80% of steps (fixed when the run starts, so a resumed run keeps it)
+        80% of steps, step 1 at the earliest (fixed when the run starts, so a resumed run keeps it)
     gamma: the factor of the rate at each milestone
     seed: seeds the initial weights, the samplers and the batches
     train_images: size of the shapes training set (when no dataset is passed)
@@ -85,7 +92,7 @@ class TrainSettings:
         if not self.lr > 0:
             raise ValueError(f"lr must be positive; got {self.lr!r}")
         if self.milestones is None:
-            self.milestones = (int(0.8 * self.steps),)
+            self.milestones = (max(1, int(0.8 * self.steps)),)
         self.milestones = tuple(int(m) for m in self.milestones)
 
     def to_json(self) -> str:
@@ -126,7 +133,7 @@ def save_training_state(path, model, optimizer, step, settings) -> str:
         "settings": settings.to_json(),
         "rng": json.dumps(model.rng.bit_generator.state),
     }
-    return save_checkpoint(path, state, model.cfg, metadata)
+    return save_checkpoint(path, state, model.cfg, metadata, model.class_names)
 
 
 def load_training_state(path):
@@ -144,7 +151,8 @@ def load_training_state(path):
             "folder can resume"
         )
     settings = TrainSettings.from_json(metadata["settings"])
-    model = MaskRCNN(cfg, rng=np.random.default_rng(settings.seed))
+    names = class_names_of(metadata, cfg, path)
+    model = MaskRCNN(cfg, rng=np.random.default_rng(settings.seed), class_names=names)
     fit_state_dict(model, state, path)
     rng = np.random.default_rng(0)  # a generator whose state the saved one replaces
     rng.bit_generator.state = json.loads(metadata["rng"])
@@ -171,4 +179,4 @@ def export_weights(source, out, half: bool = True) -> str:
     extra = {"source": os.path.basename(os.fspath(source))}
     if "step" in metadata:
         extra["step"] = metadata["step"]
-    return save_checkpoint(out, state, model.cfg, extra)
+    return save_checkpoint(out, state, model.cfg, extra, model.class_names)

@@ -1,26 +1,28 @@
-"""Tutorial 01 — anchors: the boxes the Region Proposal Network starts from.
+# %% [markdown]
+# # Tutorial 01 — anchors: the boxes the Region Proposal Network starts from.
+#
+# The RPN does not search for objects at every position and size. It scores and refines a
+# fixed set of reference boxes, the *anchors* (Faster R-CNN §3.1.1): every location of
+# every feature map carries A of them. With a feature pyramid (FPN §4.1) each level gets
+# one size, matched to its stride — 32 px on P2 (stride 4) up to 512 px on P6 (stride 64)
+# — and three shapes, aspect ratios h/w of 0.5, 1 and 2. So A = 3 and an 800 x 1216 image
+# carries about 242 thousand anchors.
+#
+# This tutorial builds them the way torchvision does, which matters: a model trained with
+# torchvision predicts deltas *relative to torchvision's anchors*, so ours must be
+# identical to the last pixel.
+#
+# 1. The cell anchors of every level: A boxes centred on (0, 0).
+# 2. The worked example of the notes: P4, stride 16, size 128. The notes compute
+#    181 x 91 for ratio 0.5; torchvision gives 182 x 90, because it rounds the
+#    *half-extents* (90.51 -> 91, 45.25 -> 45), not the width and height.
+# 3. The tiling: cell anchors shifted to every cell corner, stride = image // feature size,
+#    in location-major order; the count per level for an 800 x 1216 image.
+#
+# Run: ``python tutorials/01_anchors.py`` (a few seconds; figures go to ``figures/``).
 
-The RPN does not search for objects at every position and size. It scores and refines a
-fixed set of reference boxes, the *anchors* (Faster R-CNN §3.1.1): every location of
-every feature map carries A of them. With a feature pyramid (FPN §4.1) each level gets
-one size, matched to its stride — 32 px on P2 (stride 4) up to 512 px on P6 (stride 64)
-— and three shapes, aspect ratios h/w of 0.5, 1 and 2. So A = 3 and an 800 x 1216 image
-carries about 242 thousand anchors.
 
-This tutorial builds them the way torchvision does, which matters: a model trained with
-torchvision predicts deltas *relative to torchvision's anchors*, so ours must be
-identical to the last pixel.
-
-1. The cell anchors of every level: A boxes centred on (0, 0).
-2. The worked example of the notes: P4, stride 16, size 128. The notes compute
-   181 x 91 for ratio 0.5; torchvision gives 182 x 90, because it rounds the
-   *half-extents* (90.51 -> 91, 45.25 -> 45), not the width and height.
-3. The tiling: cell anchors shifted to every cell corner, stride = image // feature size,
-   in location-major order; the count per level for an 800 x 1216 image.
-
-Run: ``python tutorials/01_anchors.py`` (a few seconds; figures go to ``figures/``).
-"""
-
+# %%
 import pathlib
 
 import matplotlib
@@ -37,11 +39,20 @@ from tinymaskrcnn.plotting.anchors import (
 
 matplotlib.use("Agg")  # no window: every figure goes to a file
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 SIZES = ((32,), (64,), (128,), (256,), (512,))
 RATIOS = ((0.5, 1.0, 2.0),) * 5
 
 
+# %% [markdown]
+# ## 1. The cell anchors of every level: A boxes centred on (0, 0).
+#
+# ![01_cell_anchors](../figures/01_cell_anchors.png)
+
+
+# %%
 def step1_cell_anchors(generator):
     print("1. Cell anchors (x1, y1, x2, y2 around the cell corner), ratios h/w 0.5, 1, 2:")
     for level, cells in enumerate(generator.cell_anchors, start=2):
@@ -51,6 +62,15 @@ def step1_cell_anchors(generator):
     print(f"   -> {save(fig, FIGURES / '01_cell_anchors.png')}")
 
 
+# %% [markdown]
+# ## 2. The worked example of the notes: P4, stride 16, size 128. The notes compute 181 x 91 for
+# ratio 0.5; torchvision gives 182 x 90, because it rounds the *half-extents* (90.51 -> 91, 45.25
+# -> 45), not the width and height.
+#
+# ![01_p4_anchors](../figures/01_p4_anchors.png)
+
+
+# %%
 def step2_p4_example(generator):
     print("2. P4 (stride 16), size 128:")
     cells = generator.cell_anchors[2]
@@ -67,6 +87,14 @@ def step2_p4_example(generator):
     print(f"   -> {save(fig, FIGURES / '01_p4_anchors.png')}")
 
 
+# %% [markdown]
+# ## 3. The tiling: cell anchors shifted to every cell corner, stride = image // feature size, in
+# location-major order; the count per level for an 800 x 1216 image.
+#
+# ![01_anchor_tiling](../figures/01_anchor_tiling.png)
+
+
+# %%
 def step3_tiling(generator):
     image, _ = ShapesDataset(1, image_size=256, seed=1)[0]
     image_size = image.shape[1:]
@@ -86,6 +114,7 @@ def step3_tiling(generator):
     print(f"   -> {save(fig, FIGURES / '01_anchor_tiling.png')}")
 
 
+# %%
 def main():
     generator = AnchorGenerator(SIZES, RATIOS)
     step1_cell_anchors(generator)
@@ -93,5 +122,9 @@ def main():
     step3_tiling(generator)
 
 
+# %% [markdown]
+# Run every step (as `python tutorials/01_anchors.py` does).
+
+# %%
 if __name__ == "__main__":
     main()

@@ -1,26 +1,28 @@
-"""Tutorial 02 — IoU and matching: which anchors should say "object here"?
+# %% [markdown]
+# # Tutorial 02 — IoU and matching: which anchors should say "object here"?
+#
+# To train the RPN, every anchor needs a label. Faster R-CNN (§3.1.2) measures how well an
+# anchor fits a ground-truth box with the intersection over union, IoU = area of overlap /
+# area of union, a number in [0, 1] that is 1 only for identical boxes. Then:
+#
+# * IoU >= 0.7 with some ground-truth box: positive, matched to the box it overlaps most;
+# * IoU < 0.3 with every box: negative (background);
+# * in between: ignored, neither rewarded nor punished;
+# * and the *low-quality* rule: the anchor(s) with the highest IoU for a ground-truth box
+#   are positive even below 0.7 (ties included), so that no object is left without an
+#   anchor because of its odd size or shape.
+#
+# Finally a minibatch of 256 anchors is drawn, at most half of them positive.
+#
+# 1. The IoU matrix between the ground-truth boxes and their best anchors.
+# 2. The labels of every anchor of one image at 0.7 / 0.3.
+# 3. The anchors the low-quality rule rescues.
+# 4. The balanced sample of 256.
+#
+# Run: ``python tutorials/02_iou_matching.py`` (a few seconds; figures go to ``figures/``).
 
-To train the RPN, every anchor needs a label. Faster R-CNN (§3.1.2) measures how well an
-anchor fits a ground-truth box with the intersection over union, IoU = area of overlap /
-area of union, a number in [0, 1] that is 1 only for identical boxes. Then:
 
-* IoU >= 0.7 with some ground-truth box: positive, matched to the box it overlaps most;
-* IoU < 0.3 with every box: negative (background);
-* in between: ignored, neither rewarded nor punished;
-* and the *low-quality* rule: the anchor(s) with the highest IoU for a ground-truth box
-  are positive even below 0.7 (ties included), so that no object is left without an
-  anchor because of its odd size or shape.
-
-Finally a minibatch of 256 anchors is drawn, at most half of them positive.
-
-1. The IoU matrix between the ground-truth boxes and their best anchors.
-2. The labels of every anchor of one image at 0.7 / 0.3.
-3. The anchors the low-quality rule rescues.
-4. The balanced sample of 256.
-
-Run: ``python tutorials/02_iou_matching.py`` (a few seconds; figures go to ``figures/``).
-"""
-
+# %%
 import pathlib
 
 import matplotlib
@@ -39,11 +41,14 @@ from tinymaskrcnn.plotting.matching import (
 
 matplotlib.use("Agg")  # no window: every figure goes to a file
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 IMAGE_SIZE = 256
 STRIDES = (4, 8, 16, 32, 64)
 
 
+# %%
 def anchor_names(generator, feature_sizes, indices):
     """'#index Pk wxh' for anchors of the concatenated list."""
     counts = np.cumsum([h * w * 3 for h, w in feature_sizes])
@@ -56,6 +61,7 @@ def anchor_names(generator, feature_sizes, indices):
     return names
 
 
+# %%
 def main():
     image, target = ShapesDataset(1, image_size=IMAGE_SIZE, seed=2)[0]
     gt = target["boxes"]
@@ -126,5 +132,9 @@ def main():
     )
 
 
+# %% [markdown]
+# Run every step (as `python tutorials/02_iou_matching.py` does).
+
+# %%
 if __name__ == "__main__":
     main()

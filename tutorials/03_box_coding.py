@@ -1,27 +1,29 @@
-"""Tutorial 03 — box coding and NMS: from anchors to proposals.
+# %% [markdown]
+# # Tutorial 03 — box coding and NMS: from anchors to proposals.
+#
+# The RPN does not predict boxes in pixels. For each anchor it predicts four *deltas*
+# (Faster R-CNN eq. 2): the shift of the centre measured in anchor widths and heights,
+# and the log of the ratio of the sizes,
+#
+#     dx = (gx - ax) / aw     dy = (gy - ay) / ah     dw = log(gw / aw)     dh = log(gh / ah)
+#
+# which makes the targets independent of the anchor's scale. The box head uses the same
+# coding with weights (10, 10, 5, 5) multiplying the deltas, to bring them to about unit
+# variance. Decoding inverts the formulas; it clamps dw and dh at log(1000 / 16) first,
+# so that a wild prediction early in training cannot produce an infinite box.
+#
+# Many anchors around an object all decode to boxes on it. Non-maximum suppression (NMS)
+# keeps the best-scoring one and drops every box overlapping it by IoU > 0.7 (the RPN's
+# threshold), then repeats with the best remaining box.
+#
+# 1. The deltas between one anchor and one box, with both weight sets.
+# 2. Decoding and its clamp.
+# 3. Proposals of a mock RPN on a shapes image, before and after NMS.
+#
+# Run: ``python tutorials/03_box_coding.py`` (a few seconds; figures go to ``figures/``).
 
-The RPN does not predict boxes in pixels. For each anchor it predicts four *deltas*
-(Faster R-CNN eq. 2): the shift of the centre measured in anchor widths and heights,
-and the log of the ratio of the sizes,
 
-    dx = (gx - ax) / aw     dy = (gy - ay) / ah     dw = log(gw / aw)     dh = log(gh / ah)
-
-which makes the targets independent of the anchor's scale. The box head uses the same
-coding with weights (10, 10, 5, 5) multiplying the deltas, to bring them to about unit
-variance. Decoding inverts the formulas; it clamps dw and dh at log(1000 / 16) first,
-so that a wild prediction early in training cannot produce an infinite box.
-
-Many anchors around an object all decode to boxes on it. Non-maximum suppression (NMS)
-keeps the best-scoring one and drops every box overlapping it by IoU > 0.7 (the RPN's
-threshold), then repeats with the best remaining box.
-
-1. The deltas between one anchor and one box, with both weight sets.
-2. Decoding and its clamp.
-3. Proposals of a mock RPN on a shapes image, before and after NMS.
-
-Run: ``python tutorials/03_box_coding.py`` (a few seconds; figures go to ``figures/``).
-"""
-
+# %%
 import pathlib
 
 import matplotlib
@@ -35,12 +37,21 @@ from tinymaskrcnn.plotting.boxes import plot_box_deltas, plot_decode_clip, plot_
 
 matplotlib.use("Agg")  # no window: every figure goes to a file
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 IMAGE_SIZE = 256
 RPN_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
 
+# %% [markdown]
+# ## 1. The deltas between one anchor and one box, with both weight sets.
+#
+# ![03_deltas](../figures/03_deltas.png)
+
+
+# %%
 def step1_deltas():
     anchor = np.array([[96.0, 16.0, 224.0, 144.0]])  # a P4 anchor, 128 x 128
     box = np.array([[165.0, 36.0, 256.0, 144.0]])  # the triangle of tutorial 02
@@ -56,6 +67,13 @@ def step1_deltas():
     print(f"   -> {save(fig, FIGURES / '03_deltas.png')}")
 
 
+# %% [markdown]
+# ## 2. Decoding and its clamp.
+#
+# ![03_decode_clip](../figures/03_decode_clip.png)
+
+
+# %%
 def step2_clip():
     anchor = np.array([[0.0, 0.0, 16.0, 16.0]])
     print(f"2. Decoding clamps dw, dh at log(1000/16) = {BBOX_XFORM_CLIP:.4f}:")
@@ -69,6 +87,13 @@ def step2_clip():
     print(f"   -> {save(fig, FIGURES / '03_decode_clip.png')}")
 
 
+# %% [markdown]
+# ## 3. Proposals of a mock RPN on a shapes image, before and after NMS.
+#
+# ![03_nms](../figures/03_nms.png)
+
+
+# %%
 def step3_nms(rng):
     image, target = ShapesDataset(1, image_size=IMAGE_SIZE, seed=2)[0]
     gt = target["boxes"]
@@ -101,11 +126,16 @@ def step3_nms(rng):
     print(f"   -> {save(fig, FIGURES / '03_nms.png')}")
 
 
+# %%
 def main():
     step1_deltas()
     step2_clip()
     step3_nms(np.random.default_rng(0))
 
 
+# %% [markdown]
+# Run every step (as `python tutorials/03_box_coding.py` does).
+
+# %%
 if __name__ == "__main__":
     main()

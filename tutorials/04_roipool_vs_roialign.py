@@ -1,32 +1,34 @@
-"""Tutorial 04 — RoIPool vs RoIAlign: where every sample lies, and why it matters.
+# %% [markdown]
+# # Tutorial 04 — RoIPool vs RoIAlign: where every sample lies, and why it matters.
+#
+# The box head and the mask head need a fixed-size feature tensor for every proposal,
+# whatever its size. Faster R-CNN's RoIPool gets it by rounding twice: the proposal is
+# rounded to whole feature cells, then cut into ph x pw bins whose borders are rounded
+# again, and each bin keeps its maximum. With a stride of 16 the first rounding alone
+# moves a box edge by up to 8 image pixels — harmless for "is this a cat?", ruinous for
+# a 28 x 28 mask that must line up with the object's outline (Mask R-CNN §3).
+#
+# RoIAlign (Mask R-CNN) keeps every fraction. Each bin gets a regular grid of sample
+# points (2 x 2 here: "interpolate to 14 x 14, then pool to 7 x 7"); each point reads
+# the four feature cells around it by bilinear interpolation, and the bin averages its
+# samples (the study notes take the max instead: ``reduction="max"``).
+#
+# Steps:
+#   1. the 8x8 feature map and the RoIPool 2x2 example: unequal, even overlapping bins;
+#   2. RoIAlign's 2x2 bins, 4 samples each, every sample's four neighbours;
+#   3. aligned=False (torchvision's legacy default) vs aligned=True: a half-pixel shift;
+#   4. adaptive sampling (sampling_ratio <= 0) on a large RoI;
+#   5. TensorFlow's crop_and_resize, which matterport's Mask R-CNN uses, for comparison;
+#   6. RoIPool's quantisation error as a RoI slides by sub-pixel steps.
+#
+# Coordinates: RoIs are x1, y1, x2, y2 in image pixels, where pixel (i, j) covers
+# [j, j+1) x [i, i+1). The figures draw the feature map in cell-index units (cell (i, j)
+# centred on x=j, y=i), the frame in which RoIAlign computes its samples.
+#
+# Run: ``python tutorials/04_roipool_vs_roialign.py`` (writes figures/04_*.png).
 
-The box head and the mask head need a fixed-size feature tensor for every proposal,
-whatever its size. Faster R-CNN's RoIPool gets it by rounding twice: the proposal is
-rounded to whole feature cells, then cut into ph x pw bins whose borders are rounded
-again, and each bin keeps its maximum. With a stride of 16 the first rounding alone
-moves a box edge by up to 8 image pixels — harmless for "is this a cat?", ruinous for
-a 28 x 28 mask that must line up with the object's outline (Mask R-CNN §3).
 
-RoIAlign (Mask R-CNN) keeps every fraction. Each bin gets a regular grid of sample
-points (2 x 2 here: "interpolate to 14 x 14, then pool to 7 x 7"); each point reads
-the four feature cells around it by bilinear interpolation, and the bin averages its
-samples (the study notes take the max instead: ``reduction="max"``).
-
-Steps:
-  1. the 8x8 feature map and the RoIPool 2x2 example: unequal, even overlapping bins;
-  2. RoIAlign's 2x2 bins, 4 samples each, every sample's four neighbours;
-  3. aligned=False (torchvision's legacy default) vs aligned=True: a half-pixel shift;
-  4. adaptive sampling (sampling_ratio <= 0) on a large RoI;
-  5. TensorFlow's crop_and_resize, which matterport's Mask R-CNN uses, for comparison;
-  6. RoIPool's quantisation error as a RoI slides by sub-pixel steps.
-
-Coordinates: RoIs are x1, y1, x2, y2 in image pixels, where pixel (i, j) covers
-[j, j+1) x [i, i+1). The figures draw the feature map in cell-index units (cell (i, j)
-centred on x=j, y=i), the frame in which RoIAlign computes its samples.
-
-Run: ``python tutorials/04_roipool_vs_roialign.py`` (writes figures/04_*.png).
-"""
-
+# %%
 import pathlib
 
 import matplotlib
@@ -53,7 +55,9 @@ from tinymaskrcnn.roi_ops import (
 
 matplotlib.use("Agg")  # no window: every figure goes to a file
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 
 # The 8x8 feature map of the study notes' example (one channel, values in [0, 1]).
 FMAP = np.array(
@@ -73,6 +77,7 @@ FEATURES = FMAP[None, None]  # (N=1, C=1, 8, 8)
 ROI = np.array([[0, 0.3, 3.4, 6.4, 7.2]])
 
 
+# %%
 def step1_roipool():
     out, argmax = roi_pool(FEATURES, ROI, 2)
     bins = [b[0].tolist() for b in roi_pool_bins(ROI, (2, 2), 1.0, 8, 8)]
@@ -89,6 +94,7 @@ def step1_roipool():
     print("   ->", save(fig, FIGURES / "04_roipool.png"))
 
 
+# %%
 def step2_roialign():
     (points,) = roi_align_sampling_points(ROI, 2, sampling_ratio=2, aligned=True)
     index, weight = bilinear_neighbours(points, 8, 8)
@@ -103,6 +109,7 @@ def step2_roialign():
     print("   ->", save(fig, FIGURES / "04_roialign.png"))
 
 
+# %%
 def step3_aligned():
     legacy, aligned = (
         roi_align_sampling_points(ROI, 2, sampling_ratio=2, aligned=a)[0] for a in (False, True)
@@ -116,6 +123,7 @@ def step3_aligned():
     print("   ->", save(fig, FIGURES / "04_aligned.png"))
 
 
+# %%
 def step4_adaptive():
     roi = np.array([[0, 1.3, 2.2, 21.7, 13.4]])
     (points,) = roi_align_sampling_points(roi, 3, sampling_ratio=-1, aligned=True)
@@ -131,6 +139,7 @@ def step4_adaptive():
     print("   ->", save(fig, FIGURES / "04_adaptive_sampling.png"))
 
 
+# %%
 def step5_crop_and_resize():
     # TF normalises a box so that 0 and 1 are the first and last cell *centres*.
     corners = (ROI[0, 1:] - 0.5) / 7.0
@@ -147,6 +156,7 @@ def step5_crop_and_resize():
     print("   ->", save(fig, FIGURES / "04_crop_and_resize.png"))
 
 
+# %%
 def step6_quantisation():
     stride = 16
     # A ramp whose value is the image-pixel x of each cell centre: the interpolated map
@@ -180,6 +190,7 @@ def step6_quantisation():
     print("   ->", save(fig, FIGURES / "04_quantisation.png"))
 
 
+# %%
 def main():
     step1_roipool()
     step2_roialign()
@@ -189,5 +200,9 @@ def main():
     step6_quantisation()
 
 
+# %% [markdown]
+# Run every step (as `python tutorials/04_roipool_vs_roialign.py` does).
+
+# %%
 if __name__ == "__main__":
     main()

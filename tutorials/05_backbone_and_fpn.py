@@ -1,33 +1,35 @@
-"""Tutorial 05 — the backbone and the feature pyramid: one image, nine feature maps.
+# %% [markdown]
+# # Tutorial 05 — the backbone and the feature pyramid: one image, nine feature maps.
+#
+# Mask R-CNN does not look at pixels directly. A ResNet (He et al., 2016) turns the image
+# into feature maps at four strides -- C2 (1/4 of the image) to C5 (1/32) -- each coarser
+# and with more channels than the last: deeper maps know *what* is there but have lost
+# *where*. The Feature Pyramid Network (Lin et al., 2017) gives every scale both: a 1x1
+# "lateral" convolution brings each C_l to 256 channels, and a top-down pathway adds the
+# coarser level's map, upsampled by nearest neighbour, before a 3x3 convolution smooths
+# the sum into P_l. P6, a subsampling of P5, serves only the RPN's largest anchors.
+#
+# Sizes are not exact halvings. Each stride-2 step rounds up (ceil), so an image 225 x 300
+# gives C2 57 x 75, C3 29 x 38, C4 15 x 19, C5 8 x 10; the top-down pathway therefore
+# upsamples "to the lateral's size" (8 -> 15 rows, not 16) with torch's nearest rule,
+# row i taking source row floor(i * 8 / 15). In the model the image is padded to a
+# multiple of 32 first, so there every step is an exact halving.
+#
+# The weights here are random (seeded, He-initialised as torchvision initialises them):
+# what this tutorial shows is the geometry -- shapes, strides, and how information flows.
+# Even so the maps already follow the objects: a random convolution still responds to
+# edges and colour changes, and the pyramid carries that to every scale (tutorial 08
+# trains the whole model on the shapes).
+#
+# 1. The shapes and strides table of C2..C5 and P2..P6 for a ResNet-50-FPN.
+# 2. The pyramid drawn as a diagram: bottom-up, laterals, top-down, outputs.
+# 3. The activation maps of every level over the image.
+# 4. One top-down step taken apart: P5's running sum -> upsampled -> + lateral -> P4.
+#
+# Run: ``python tutorials/05_backbone_and_fpn.py`` (a few seconds; figures go to ``figures/``).
 
-Mask R-CNN does not look at pixels directly. A ResNet (He et al., 2016) turns the image
-into feature maps at four strides -- C2 (1/4 of the image) to C5 (1/32) -- each coarser
-and with more channels than the last: deeper maps know *what* is there but have lost
-*where*. The Feature Pyramid Network (Lin et al., 2017) gives every scale both: a 1x1
-"lateral" convolution brings each C_l to 256 channels, and a top-down pathway adds the
-coarser level's map, upsampled by nearest neighbour, before a 3x3 convolution smooths
-the sum into P_l. P6, a subsampling of P5, serves only the RPN's largest anchors.
 
-Sizes are not exact halvings. Each stride-2 step rounds up (ceil), so an image 225 x 300
-gives C2 57 x 75, C3 29 x 38, C4 15 x 19, C5 8 x 10; the top-down pathway therefore
-upsamples "to the lateral's size" (8 -> 15 rows, not 16) with torch's nearest rule,
-row i taking source row floor(i * 8 / 15). In the model the image is padded to a
-multiple of 32 first, so there every step is an exact halving.
-
-The weights here are random (seeded, He-initialised as torchvision initialises them):
-what this tutorial shows is the geometry -- shapes, strides, and how information flows.
-Even so the maps already follow the objects: a random convolution still responds to
-edges and colour changes, and the pyramid carries that to every scale (tutorial 08
-trains the whole model on the shapes).
-
-1. The shapes and strides table of C2..C5 and P2..P6 for a ResNet-50-FPN.
-2. The pyramid drawn as a diagram: bottom-up, laterals, top-down, outputs.
-3. The activation maps of every level over the image.
-4. One top-down step taken apart: P5's running sum -> upsampled -> + lateral -> P4.
-
-Run: ``python tutorials/05_backbone_and_fpn.py`` (a few seconds; figures go to ``figures/``).
-"""
-
+# %%
 import pathlib
 import time
 
@@ -42,12 +44,19 @@ from tinymaskrcnn.plotting.fpn import plot_feature_pyramid, plot_fpn_pathways, p
 
 matplotlib.use("Agg")  # no window: every figure goes to a file
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 IMAGE_SIZE = (225, 300)
 MEAN = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)  # ImageNet, as torchvision
 STD = np.array([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1)
 
 
+# %% [markdown]
+# ## 1. The shapes and strides table of C2..C5 and P2..P6 for a ResNet-50-FPN.
+
+
+# %%
 def step1_table(model, x):
     print(f"1. ResNet-50-FPN on one {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} image:")
     start = time.perf_counter()
@@ -67,6 +76,13 @@ def step1_table(model, x):
     return c_maps, p_maps
 
 
+# %% [markdown]
+# ## 2. The pyramid drawn as a diagram: bottom-up, laterals, top-down, outputs.
+#
+# ![05_fpn_pathways](../figures/05_fpn_pathways.png)
+
+
+# %%
 def step2_diagram(c_maps, p_maps):
     print("2. The pathways drawn with these sizes:")
     c_shapes = [m.shape[1:] for m in c_maps]
@@ -75,6 +91,13 @@ def step2_diagram(c_maps, p_maps):
     print(f"   -> {save(fig, FIGURES / '05_fpn_pathways.png')}")
 
 
+# %% [markdown]
+# ## 3. The activation maps of every level over the image.
+#
+# ![05_feature_maps](../figures/05_feature_maps.png)
+
+
+# %%
 def step3_activations(image, c_maps, p_maps):
     print("3. Mean |activation| of every level (one image):")
     for name, maps in (("C", c_maps), ("P", p_maps)):
@@ -86,6 +109,13 @@ def step3_activations(image, c_maps, p_maps):
     print(f"   -> {save(fig, FIGURES / '05_feature_maps.png')}")
 
 
+# %% [markdown]
+# ## 4. One top-down step taken apart: P5's running sum -> upsampled -> + lateral -> P4.
+#
+# ![05_top_down](../figures/05_top_down.png)
+
+
+# %%
 def step4_top_down(model, c_maps):
     print("4. One top-down step, into P4:")
     fpn = model.fpn
@@ -103,6 +133,7 @@ def step4_top_down(model, c_maps):
     print(f"   -> {save(fig, FIGURES / '05_top_down.png')}")
 
 
+# %%
 def main():
     image, _ = ShapesDataset(1, image_size=IMAGE_SIZE, seed=5)[0]
     x = ((image - MEAN) / STD)[None].astype(np.float32)
@@ -113,5 +144,9 @@ def main():
     step4_top_down(model, c_maps)
 
 
+# %% [markdown]
+# Run every step (as `python tutorials/05_backbone_and_fpn.py` does).
+
+# %%
 if __name__ == "__main__":
     main()

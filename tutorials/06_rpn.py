@@ -1,31 +1,33 @@
-"""Tutorial 06 — the Region Proposal Network: from anchors to a few hundred proposals.
+# %% [markdown]
+# # Tutorial 06 — the Region Proposal Network: from anchors to a few hundred proposals.
+#
+# The RPN (Faster R-CNN §3.1) is a small convolutional head that slides over every level
+# of the feature pyramid. At each location it looks at the A = 3 anchors there and
+# predicts, for each, one *objectness* logit ("is there an object in this anchor?") and
+# four deltas that would move the anchor onto that object.
+#
+# Training needs labels for the anchors: an anchor whose IoU with some ground-truth box is
+# at least 0.7 is positive, below 0.3 negative, in between ignored; so that no object is
+# left without a positive, each object's best anchor is positive whatever its IoU. A
+# minibatch of 256 anchors, at most half positive, is scored with binary cross-entropy;
+# the positives' deltas with smooth L1.
+#
+# At inference (and in training, to feed the RoI heads) the RPN proposes boxes: per level
+# the top-scoring anchors are decoded, clipped to the image, tiny boxes dropped, and NMS
+# at IoU 0.7 removes near-duplicates level by level; the best N over all levels remain.
+#
+# 1. Objectness on every level P2..P6 for one shapes image.
+# 2. The anchors' labels: positive, negative, ignored, and the sampled minibatch.
+# 3. The top proposals before and after NMS.
+#
+# The model: the small shapes model shipped with the package when it is there; otherwise
+# a fresh one whose backbone and RPN are fitted to this one image for a few dozen steps
+# (RPN losses only, some 10-30 s on a CPU) so that the maps show something.
+#
+# Run: ``python tutorials/06_rpn.py`` (figures go to ``figures/``).
 
-The RPN (Faster R-CNN §3.1) is a small convolutional head that slides over every level
-of the feature pyramid. At each location it looks at the A = 3 anchors there and
-predicts, for each, one *objectness* logit ("is there an object in this anchor?") and
-four deltas that would move the anchor onto that object.
 
-Training needs labels for the anchors: an anchor whose IoU with some ground-truth box is
-at least 0.7 is positive, below 0.3 negative, in between ignored; so that no object is
-left without a positive, each object's best anchor is positive whatever its IoU. A
-minibatch of 256 anchors, at most half positive, is scored with binary cross-entropy;
-the positives' deltas with smooth L1.
-
-At inference (and in training, to feed the RoI heads) the RPN proposes boxes: per level
-the top-scoring anchors are decoded, clipped to the image, tiny boxes dropped, and NMS
-at IoU 0.7 removes near-duplicates level by level; the best N over all levels remain.
-
-1. Objectness on every level P2..P6 for one shapes image.
-2. The anchors' labels: positive, negative, ignored, and the sampled minibatch.
-3. The top proposals before and after NMS.
-
-The model: the small shapes model shipped with the package when it is there; otherwise
-a fresh one whose backbone and RPN are fitted to this one image for a few dozen steps
-(RPN losses only, some 10-30 s on a CPU) so that the maps show something.
-
-Run: ``python tutorials/06_rpn.py`` (figures go to ``figures/``).
-"""
-
+# %%
 import pathlib
 import time
 
@@ -45,10 +47,13 @@ from tinymaskrcnn.rpn import MIN_PROPOSAL_SIZE, anchor_targets, top_n_per_level
 
 matplotlib.use("Agg")  # no window: every figure goes to a file
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 TRAIN_STEPS = 60
 
 
+# %%
 def get_model(image, target):
     try:
         model = MaskRCNN.from_pretrained("shapes")
@@ -81,6 +86,7 @@ def get_model(image, target):
     return model
 
 
+# %%
 def run_rpn(model, image):
     """The RPN's raw outputs for one image: anchors, logits, deltas, sizes."""
     model.eval()
@@ -113,6 +119,13 @@ def run_rpn(model, image):
     )
 
 
+# %% [markdown]
+# ## 1. Objectness on every level P2..P6 for one shapes image.
+#
+# ![06_objectness](../figures/06_objectness.png)
+
+
+# %%
 def step1_objectness(image, anchors_per_level, objectness, shapes, padded):
     print("1. Objectness per level (max over the 3 anchors of a location):")
     maps, strides, start = [], [], 0
@@ -135,6 +148,13 @@ def step1_objectness(image, anchors_per_level, objectness, shapes, padded):
     print(f"   -> {save(fig, FIGURES / '06_objectness.png')}")
 
 
+# %% [markdown]
+# ## 2. The anchors' labels: positive, negative, ignored, and the sampled minibatch.
+#
+# ![06_anchor_labels](../figures/06_anchor_labels.png)
+
+
+# %%
 def step2_anchor_labels(image, target, anchors, num_per_level, cfg):
     print("2. Anchor labels (IoU >= 0.7 positive, < 0.3 negative, else ignored):")
     matcher = Matcher(cfg.rpn_fg_iou_thresh, cfg.rpn_bg_iou_thresh, allow_low_quality_matches=True)
@@ -169,6 +189,13 @@ def step2_anchor_labels(image, target, anchors, num_per_level, cfg):
     print(f"   -> {save(fig, FIGURES / '06_anchor_labels.png')}")
 
 
+# %% [markdown]
+# ## 3. The top proposals before and after NMS.
+#
+# ![06_proposals_nms](../figures/06_proposals_nms.png)
+
+
+# %%
 def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg, seen):
     print("3. Proposals: top-n per level, decode, clip, drop tiny boxes, NMS per level:")
     idx = top_n_per_level(objectness, num_per_level, cfg.rpn_pre_nms_top_n_test)
@@ -209,6 +236,7 @@ def step3_proposals(image, target, anchors, objectness, deltas, num_per_level, s
     print(f"   -> {save(fig, FIGURES / '06_proposals_nms.png')}")
 
 
+# %%
 def main():
     dataset = ShapesDataset(64, image_size=128, seed=6)
     image, target = dataset[0]
@@ -222,5 +250,9 @@ def main():
     step3_proposals(image, target, anchors, objectness, deltas, num_per_level, size, cfg, seen)
 
 
+# %% [markdown]
+# Run every step (as `python tutorials/06_rpn.py` does).
+
+# %%
 if __name__ == "__main__":
     main()

@@ -1,30 +1,32 @@
-"""Tutorial 07 — the mask head: targets, per-class masks, the loss, and pasting back.
+# %% [markdown]
+# # Tutorial 07 — the mask head: targets, per-class masks, the loss, and pasting back.
+#
+# Mask R-CNN adds one small fully convolutional branch to Faster R-CNN (§3): for every
+# positive RoI it reads 14 x 14 features with RoIAlign, runs four 3x3 convolutions, a
+# 2x2 transposed convolution up to 28 x 28, and a 1x1 convolution to one 28 x 28 mask
+# *per class*.
+#
+# The target of a RoI is its object's full-image binary mask resampled onto the RoI:
+# RoIAlign of the mask itself, so pixels at the object's edge get fractional values.
+# The loss is a per-pixel binary cross-entropy on the channel of the gt class only: the
+# other classes' masks receive no gradient, so classes never compete for a pixel and
+# the box head alone decides the class (the paper's "decoupling", Table 2b). The
+# alternative — a softmax over classes at every pixel — makes them compete.
+#
+# At inference the mask of the predicted class goes through a sigmoid and is pasted
+# back at the detection's box: the 28 x 28 grid is padded by one pixel, the box grown
+# to match, the mask resized bilinearly to the box's pixels and placed in the image.
+#
+# 1. A gt mask, a proposal over it, and the proposal's 28 x 28 soft target.
+# 2. The head's per-class masks after fitting it to this one RoI (only the gt class's
+#    output filter learns; the shared layers below it learn for every class).
+# 3. Sigmoid and softmax losses on the same logits: which channels get a gradient.
+# 4. Pasting the predicted mask back into the image.
+#
+# Run: ``python tutorials/07_mask_head_and_loss.py`` (seconds; figures go to ``figures/``).
 
-Mask R-CNN adds one small fully convolutional branch to Faster R-CNN (§3): for every
-positive RoI it reads 14 x 14 features with RoIAlign, runs four 3x3 convolutions, a
-2x2 transposed convolution up to 28 x 28, and a 1x1 convolution to one 28 x 28 mask
-*per class*.
 
-The target of a RoI is its object's full-image binary mask resampled onto the RoI:
-RoIAlign of the mask itself, so pixels at the object's edge get fractional values.
-The loss is a per-pixel binary cross-entropy on the channel of the gt class only: the
-other classes' masks receive no gradient, so classes never compete for a pixel and
-the box head alone decides the class (the paper's "decoupling", Table 2b). The
-alternative — a softmax over classes at every pixel — makes them compete.
-
-At inference the mask of the predicted class goes through a sigmoid and is pasted
-back at the detection's box: the 28 x 28 grid is padded by one pixel, the box grown
-to match, the mask resized bilinearly to the box's pixels and placed in the image.
-
-1. A gt mask, a proposal over it, and the proposal's 28 x 28 soft target.
-2. The head's per-class masks after fitting it to this one RoI (only the gt class's
-   output filter learns; the shared layers below it learn for every class).
-3. Sigmoid and softmax losses on the same logits: which channels get a gradient.
-4. Pasting the predicted mask back into the image.
-
-Run: ``python tutorials/07_mask_head_and_loss.py`` (seconds; figures go to ``figures/``).
-"""
-
+# %%
 import pathlib
 
 import matplotlib
@@ -46,10 +48,19 @@ from tinymaskrcnn.plotting.masks import (
 
 matplotlib.use("Agg")  # no window: every figure goes to a file
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 FIT_STEPS = 60
 
 
+# %% [markdown]
+# ## 1. A gt mask, a proposal over it, and the proposal's 28 x 28 soft target.
+#
+# ![07_mask_target](../figures/07_mask_target.png)
+
+
+# %%
 def step1_target(image, target, k):
     gt_mask = target["masks"][k]
     box = target["boxes"][k]
@@ -65,6 +76,14 @@ def step1_target(image, target, k):
     return proposal, mask_target
 
 
+# %% [markdown]
+# ## 2. The head's per-class masks after fitting it to this one RoI (only the gt class's output
+# filter learns; the shared layers below it learn for every class).
+#
+# ![07_per_class_masks](../figures/07_per_class_masks.png)
+
+
+# %%
 def step2_fit_head(model, image, proposal, label, mask_target):
     heads = model.roi_heads
     batch, sizes, _ = model.transform([image])
@@ -110,6 +129,13 @@ def step2_fit_head(model, image, proposal, label, mask_target):
     return logits
 
 
+# %% [markdown]
+# ## 3. Sigmoid and softmax losses on the same logits: which channels get a gradient.
+#
+# ![07_sigmoid_vs_softmax](../figures/07_sigmoid_vs_softmax.png)
+
+
+# %%
 def step3_sigmoid_vs_softmax(logits, label, mask_target):
     labels = np.array([label])
     values, grads = [], []
@@ -125,6 +151,13 @@ def step3_sigmoid_vs_softmax(logits, label, mask_target):
     print(f"   -> {save(fig, FIGURES / '07_sigmoid_vs_softmax.png')}")
 
 
+# %% [markdown]
+# ## 4. Pasting the predicted mask back into the image.
+#
+# ![07_paste](../figures/07_paste.png)
+
+
+# %%
 def step4_paste(image, target, k, proposal, logits, label):
     prob = nn.sigmoid(logits[0, label])
     pasted = paste_masks_in_image(prob[None, None], proposal[None], image.shape[1:])[0, 0]
@@ -138,6 +171,7 @@ def step4_paste(image, target, k, proposal, logits, label):
     print(f"   -> {save(fig, FIGURES / '07_paste.png')}")
 
 
+# %%
 def main():
     image, target = ShapesDataset(8, image_size=128, seed=7)[5]
     k = 0
@@ -149,5 +183,9 @@ def main():
     step4_paste(image, target, k, proposal, logits, label)
 
 
+# %% [markdown]
+# Run every step (as `python tutorials/07_mask_head_and_loss.py` does).
+
+# %%
 if __name__ == "__main__":
     main()

@@ -1,30 +1,32 @@
-"""Tutorial 08 — training Mask R-CNN from scratch on synthetic shapes.
+# %% [markdown]
+# # Tutorial 08 — training Mask R-CNN from scratch on synthetic shapes.
+#
+# Everything so far ran forward. Training closes the loop: the model returns its five
+# losses (RPN objectness and box regression, classifier, box regression, mask), their sum
+# is differentiated by hand layer by layer (``model.backward()``), and SGD with momentum
+# moves every weight a little against its gradient. The recipe is torchvision's (Mask
+# R-CNN §3.1): momentum 0.9, weight decay 1e-4, a linear warm-up that keeps the first
+# steps of a randomly initialised network from blowing up, then a 10x drop of the rate
+# late in training.
+#
+# ``tinymaskrcnn.train.train`` does all of it with what a long run needs: a progress bar,
+# a CSV log, checkpoints written atomically, and a ``--resume`` that continues bit for bit
+# (the batch of a step is a function of the step number; the checkpoint holds the
+# weights, the optimizer's momentum, the step and the samplers' random state).
+#
+# 1. An untrained model on held-out images: random boxes, or none.
+# 2. A short run (a couple of minutes on a CPU): the five losses falling.
+# 3. The same held-out images after the short run, and after the full run that produced
+#    the shapes model shipped in the package (``tinymaskrcnn train --config shapes``).
+# 4. COCO box and mask AP of both on held-out images.
+# 5. The loss curves and held-out AP of the full run (its log is committed in
+#    ``benchmarks/shapes_train_log.csv``), of which the short run is only the beginning.
+#
+# Run: ``python tutorials/08_train_on_shapes.py`` (figures go to ``figures/``; the short
+# run goes to a temporary folder).
 
-Everything so far ran forward. Training closes the loop: the model returns its five
-losses (RPN objectness and box regression, classifier, box regression, mask), their sum
-is differentiated by hand layer by layer (``model.backward()``), and SGD with momentum
-moves every weight a little against its gradient. The recipe is torchvision's (Mask
-R-CNN §3.1): momentum 0.9, weight decay 1e-4, a linear warm-up that keeps the first
-steps of a randomly initialised network from blowing up, then a 10x drop of the rate
-late in training.
 
-``tinymaskrcnn.train.train`` does all of it with what a long run needs: a progress bar,
-a CSV log, checkpoints written atomically, and a ``--resume`` that continues bit for bit
-(the batch of a step is a function of the step number; the checkpoint holds the
-weights, the optimizer's momentum, the step and the samplers' random state).
-
-1. An untrained model on held-out images: random boxes, or none.
-2. A short run (a couple of minutes on a CPU): the five losses falling.
-3. The same held-out images after the short run, and after the full run that produced
-   the shapes model shipped in the package (``tinymaskrcnn train --config shapes``).
-4. COCO box and mask AP of both on held-out images.
-5. The loss curves and held-out AP of the full run (its log is committed in
-   ``benchmarks/shapes_train_log.csv``), of which the short run is only the beginning.
-
-Run: ``python tutorials/08_train_on_shapes.py`` (figures go to ``figures/``; the short
-run goes to a temporary folder).
-"""
-
+# %%
 import pathlib
 import tempfile
 import time
@@ -50,19 +52,23 @@ from tinymaskrcnn.train import (
 
 matplotlib.use("Agg")  # no window: every figure goes to a file
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 SHORT_STEPS = 300
 EVAL_IMAGES = 50
-BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = HERE.parent / "benchmarks"
 FULL_LOG = BENCHMARKS / "shapes_train_log.csv"
 FULL_EVAL = BENCHMARKS / "shapes_train_eval.csv"
 
 
+# %%
 def detect(model, images):
     with use_backend(default_backend()):
         return model.eval()(images)
 
 
+# %%
 def main():
     held_out = ShapesDataset(EVAL_IMAGES, seed=12345)
     shown = [held_out[i][0] for i in range(4)]
@@ -128,5 +134,9 @@ def main():
     print(f"figures: {FIGURES}/08_loss_curves.png, 08_before_after.png, 08_shapes_training.png")
 
 
+# %% [markdown]
+# Run every step (as `python tutorials/08_train_on_shapes.py` does).
+
+# %%
 if __name__ == "__main__":
     main()

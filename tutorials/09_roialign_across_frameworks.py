@@ -1,31 +1,33 @@
-"""Tutorial 09 — RoIAlign across frameworks: one operator, fifteen sets of numbers.
+# %% [markdown]
+# # Tutorial 09 — RoIAlign across frameworks: one operator, fifteen sets of numbers.
+#
+# Export a Mask R-CNN from torchvision to ONNX, run it in onnxruntime, OpenVINO or
+# TensorRT, port it to mmcv or TensorFlow, and the RoI features change. Every framework
+# implements the same idea (Mask R-CNN §3: cut the RoI into bins, sample each bin on a
+# regular grid by bilinear interpolation, reduce), but each makes a handful of choices of its
+# own: where the half-pixel shift goes (x s, x s - 0.5 or (x + 0.5) s - 0.5), whether a RoI
+# is stretched to at least one cell, what "max" means (ONNX's reference takes the max of the
+# four *weighted* corner terms w_i v_i of each sample, mmcv and OpenVINO the max of the
+# interpolated values, OpenVINO floored at 0), and what an empty sampling grid gives (0,
+# -10000, or 0 / 0 = NaN). ``tinymaskrcnn.roi_variants`` keeps each framework as one row
+# of those parameters, fed to one shared sampler; 25 names collapse to 15 distinct rules.
+#
+# Steps:
+#   1. one RoI on one map, read by each rule: sample points (RoIAlign, crop_and_resize)
+#      and bins (RoIPool), small multiples;
+#   2. the table of pairwise max differences between the 15 rules on one random case;
+#   3. the weighted-corner max against the max of interpolated samples, on one bin and
+#      over many;
+#   4. the four FPN level mappings on a sweep of box sizes: floor against round;
+#   5. ``identify`` (and ``tinymaskrcnn check``) telling which rule produced an output.
+#
+# Coordinates: RoIs are x1, y1, x2, y2 in input-image pixels; the figures draw the feature
+# map in cell-index units (cell (i, j) centred on x = j, y = i).
+#
+# Run: ``python tutorials/09_roialign_across_frameworks.py`` (writes figures/09_*.png).
 
-Export a Mask R-CNN from torchvision to ONNX, run it in onnxruntime, OpenVINO or
-TensorRT, port it to mmcv or TensorFlow, and the RoI features change. Every framework
-implements the same idea (Mask R-CNN §3: cut the RoI into bins, sample each bin on a
-regular grid by bilinear interpolation, reduce), but each makes a handful of choices of its
-own: where the half-pixel shift goes (x s, x s - 0.5 or (x + 0.5) s - 0.5), whether a RoI
-is stretched to at least one cell, what "max" means (ONNX's reference takes the max of the
-four *weighted* corner terms w_i v_i of each sample, mmcv and OpenVINO the max of the
-interpolated values, OpenVINO floored at 0), and what an empty sampling grid gives (0,
--10000, or 0 / 0 = NaN). ``tinymaskrcnn.roi_variants`` keeps each framework as one row
-of those parameters, fed to one shared sampler; 25 names collapse to 15 distinct rules.
 
-Steps:
-  1. one RoI on one map, read by each rule: sample points (RoIAlign, crop_and_resize)
-     and bins (RoIPool), small multiples;
-  2. the table of pairwise max differences between the 15 rules on one random case;
-  3. the weighted-corner max against the max of interpolated samples, on one bin and
-     over many;
-  4. the four FPN level mappings on a sweep of box sizes: floor against round;
-  5. ``identify`` (and ``tinymaskrcnn check``) telling which rule produced an output.
-
-Coordinates: RoIs are x1, y1, x2, y2 in input-image pixels; the figures draw the feature
-map in cell-index units (cell (i, j) centred on x = j, y = i).
-
-Run: ``python tutorials/09_roialign_across_frameworks.py`` (writes figures/09_*.png).
-"""
-
+# %%
 import pathlib
 import warnings
 
@@ -35,7 +37,9 @@ from tinymaskrcnn import roi_variants
 from tinymaskrcnn.plotting import roi_variants as plots
 from tinymaskrcnn.roi_ops import bilinear_neighbours
 
-FIGURES = pathlib.Path(__file__).resolve().parent.parent / "figures"
+# A notebook has no __file__: it runs in its own folder, tutorials/.
+HERE = pathlib.Path(__file__).resolve().parent if "__file__" in globals() else pathlib.Path.cwd()
+FIGURES = HERE.parent / "figures"
 rng = np.random.default_rng(9)
 
 # One name per class of numerically identical rules, in table order.
@@ -46,6 +50,7 @@ for name in roi_variants.names():
 REPRESENTATIVES = list(CLASSES.values())
 
 
+# %%
 def run(name, *args):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # tensorrt-avg's NaN, on purpose
@@ -89,6 +94,7 @@ case = (features, rois, (7, 7), 0.5, 0)
 outs = {name: run(name, *case) for name in REPRESENTATIVES}
 
 
+# %%
 def gap(a, b):
     """max |a - b|, inf where one gives NaN and the other a number."""
     if (np.isnan(a) != np.isnan(b)).any():

@@ -100,7 +100,7 @@ def plot_p4_anchor_rounding(cells, exact_wh):
     return fig
 
 
-def plot_anchor_tiling(image, anchors, strides, location, counts=None):
+def plot_anchor_tiling(image, anchors, strides, location, counts=None, grid_levels=(1, 2)):
     """Anchors tiled over an image: the grids of P3 and P4, every level at one location.
 
     image: (3, H, W) float in [0, 1]. anchors: list of L arrays (Hl * Wl * A, 4) float,
@@ -108,6 +108,8 @@ def plot_anchor_tiling(image, anchors, strides, location, counts=None):
     strides: L pairs (stride_h, stride_w). location: (y, x) pixel; the anchors of the
         cell corner nearest to it are drawn on every level.
     counts: optional {level name: number of anchors} for a bar chart beside the image.
+    grid_levels: the two level indices (0 = P2) whose anchor centres are drawn as dots,
+        finer first (on a large image P3's grid hides it: the tour draws coarser ones).
     """
     fig, axes = plt.subplots(1, 2 if counts else 1, figsize=(13 if counts else 7, 6))
     ax = axes[0] if counts else axes
@@ -116,8 +118,9 @@ def plot_anchor_tiling(image, anchors, strides, location, counts=None):
     for level, (level_anchors, (sh, _)) in enumerate(zip(anchors, strides, strict=True)):
         colour = LEVEL_COLOURS[level % len(LEVEL_COLOURS)]
         corners = level_anchors[:, :2] + (level_anchors[:, 2:] - level_anchors[:, :2]) / 2
-        if level in (1, 2):  # the grids of P3 and P4: finer ones hide the image
-            ax.scatter(corners[:, 0], corners[:, 1], s=2 if level == 1 else 8, color=colour)
+        if level in grid_levels:  # two grids: finer ones hide the image
+            size = 2 if level == grid_levels[0] else 8
+            ax.scatter(corners[:, 0], corners[:, 1], s=size, color=colour)
         nearest = np.argmin(np.abs(corners[:, 0] - x) + np.abs(corners[:, 1] - y))
         cell = np.flatnonzero((corners == corners[nearest]).all(axis=1))
         draw_boxes(ax, level_anchors[cell], color=colour, label=f"P{level + 2} (stride {sh})")

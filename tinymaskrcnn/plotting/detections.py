@@ -57,13 +57,15 @@ def draw_detections(ax, image, detections, class_names, score_thresh=0.5, title=
                 color="white", fontsize=7, va="bottom" if above else "top", bbox=tag)  # fmt: skip
 
 
-def plot_detections(image, detections, class_names, score_thresh=0.5, title=None):
+def plot_detections(image, detections, class_names, score_thresh=0.5, title=None, inches=5.0):
     """One image with its detections (``draw_detections``) on a new figure.
 
-    image: (3, H, W) float in [0, 1]; detections: its model output.
+    image: (3, H, W) float in [0, 1]; detections: its model output. inches: the figure's
+    longer side (at least 4 inches each way).
     """
     h, w = np.asarray(image).shape[1:]
-    fig, ax = plt.subplots(figsize=(max(4.0, 5.0 * w / max(h, w)), max(4.0, 5.0 * h / max(h, w))))
+    long = max(h, w)
+    fig, ax = plt.subplots(figsize=(max(4.0, inches * w / long), max(4.0, inches * h / long)))
     title = title or f"{_count(detections, score_thresh)} detections with score >= {score_thresh:g}"
     draw_detections(ax, image, detections, class_names, score_thresh, title)
     return fig
