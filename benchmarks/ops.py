@@ -78,6 +78,10 @@ def main(argv=None):
     iou_a, iou_b = random_boxes(rng, n_iou), random_boxes(rng, n_iou)
     nms_boxes = random_boxes(rng, n_nms)
     nms_scores = rng.random(n_nms).astype(np.float32)
+    # Issue #12's NMS problem: 10-200 px boxes in a 1000 x 1000 area, threshold 0.7 (the
+    # RPN's), where few pairs intersect and a spatial search pays off most.
+    sparse_boxes = random_boxes(rng, n_nms, (1000, 1000), 10.0, 200.0)
+    sparse_scores = rng.random(n_nms).astype(np.float32)
     anchors = random_boxes(rng, n_decode)
     deltas = rng.normal(0, 1, (n_decode, 4)).astype(np.float32)
     coder = BoxCoder()
@@ -85,17 +89,22 @@ def main(argv=None):
     ours = {
         f"IoU {n_iou} x {n_iou}": lambda: box_iou(iou_a, iou_b),
         f"NMS {n_nms} boxes @ 0.5": lambda: nms(nms_boxes, nms_scores, 0.5),
+        f"NMS {n_nms} sparse @ 0.7": lambda: nms(sparse_boxes, sparse_scores, 0.7),
         f"decode {n_decode // 1000}k anchors": lambda: coder.decode(deltas, anchors),
     }
     theirs = {}
     if torch is not None:
         t_a, t_b = torch.from_numpy(iou_a), torch.from_numpy(iou_b)
         t_boxes, t_scores = torch.from_numpy(nms_boxes), torch.from_numpy(nms_scores)
+        t_sparse, t_sparse_scores = torch.from_numpy(sparse_boxes), torch.from_numpy(sparse_scores)
         t_anchors, t_deltas = torch.from_numpy(anchors), torch.from_numpy(deltas)
         tv_coder = det_utils.BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000.0 / 16))
         theirs = {
             f"IoU {n_iou} x {n_iou}": lambda: torchvision.ops.box_iou(t_a, t_b),
             f"NMS {n_nms} boxes @ 0.5": lambda: torchvision.ops.nms(t_boxes, t_scores, 0.5),
+            f"NMS {n_nms} sparse @ 0.7": lambda: torchvision.ops.nms(
+                t_sparse, t_sparse_scores, 0.7
+            ),
             f"decode {n_decode // 1000}k anchors": lambda: tv_coder.decode(t_deltas, [t_anchors]),
         }
 
