@@ -133,24 +133,24 @@ def main(argv=None):
     for r in [header] + rows:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
 
-    # numba's NMS runs on one thread below _PARALLEL_MIN_NMS boxes; time both paths.
+    # How much the numba NMS looks at: IoU lanes its tiles evaluate, against the pairs
+    # that intersect (the least an exact NMS must consider) and all pairs.
+    from tinymaskrcnn.boxes import score_order
     from tinymaskrcnn.kernels import numba_boxes
 
-    nms_fn = ours[f"NMS {n_nms} boxes @ 0.5"]
-    paths = {}
-    saved = numba_boxes._PARALLEL_MIN_NMS
-    try:
-        for path, limit in (("serial", 1 << 62), ("block-parallel", 0)):
-            numba_boxes._PARALLEL_MIN_NMS = limit
-            with use_backend("numba"):
-                paths[path] = median_time(nms_fn, args.repeats)
-    finally:
-        numba_boxes._PARALLEL_MIN_NMS = saved
-    print(
-        f"\nnumba NMS of {n_nms} boxes by path: "
-        + ", ".join(f"{p} {t * 1e3:.2f} ms" for p, t in paths.items())
-        + f" (the default switches to block-parallel at {saved} boxes)"
-    )
+    print("\nnumba NMS work (IoU evaluations) against intersecting and all pairs:")
+    for name, b, s, t in (
+        (f"NMS {n_nms} boxes @ 0.5", nms_boxes, nms_scores, 0.5),
+        (f"NMS {n_nms} sparse @ 0.7", sparse_boxes, sparse_scores, 0.7),
+    ):
+        with use_backend("numba"):
+            overlaps = box_iou(b, b) > 0  # IoU > 0 exactly when the pair intersects
+        intersecting = (int(overlaps.sum()) - int(overlaps.diagonal().sum())) // 2
+        evaluations = numba_boxes.nms_iou_evaluations(b, score_order(s), t)
+        print(
+            f"  {name}: {evaluations:,} evaluations, {intersecting:,} intersecting pairs "
+            f"({evaluations / max(intersecting, 1):.1f}x), {len(b) * (len(b) - 1) // 2:,} pairs"
+        )
 
 
 if __name__ == "__main__":
