@@ -51,7 +51,7 @@ def main(argv=None):
 
     import numba
 
-    from tinymaskrcnn.boxes import BoxCoder, box_iou, nms
+    from tinymaskrcnn.boxes import BoxCoder, batched_nms, box_iou, nms
     from tinymaskrcnn.kernels import use_backend
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
@@ -82,6 +82,7 @@ def main(argv=None):
     # RPN's), where few pairs intersect and a spatial search pays off most.
     sparse_boxes = random_boxes(rng, n_nms, (1000, 1000), 10.0, 200.0)
     sparse_scores = rng.random(n_nms).astype(np.float32)
+    sparse_levels = rng.integers(0, 5, n_nms)  # batched_nms as the RPN calls it, per level
     anchors = random_boxes(rng, n_decode)
     deltas = rng.normal(0, 1, (n_decode, 4)).astype(np.float32)
     coder = BoxCoder()
@@ -90,6 +91,9 @@ def main(argv=None):
         f"IoU {n_iou} x {n_iou}": lambda: box_iou(iou_a, iou_b),
         f"NMS {n_nms} boxes @ 0.5": lambda: nms(nms_boxes, nms_scores, 0.5),
         f"NMS {n_nms} sparse @ 0.7": lambda: nms(sparse_boxes, sparse_scores, 0.7),
+        f"batched NMS {n_nms} sparse, 5 levels": lambda: batched_nms(
+            sparse_boxes, sparse_scores, sparse_levels, 0.7
+        ),
         f"decode {n_decode // 1000}k anchors": lambda: coder.decode(deltas, anchors),
     }
     theirs = {}
@@ -97,6 +101,7 @@ def main(argv=None):
         t_a, t_b = torch.from_numpy(iou_a), torch.from_numpy(iou_b)
         t_boxes, t_scores = torch.from_numpy(nms_boxes), torch.from_numpy(nms_scores)
         t_sparse, t_sparse_scores = torch.from_numpy(sparse_boxes), torch.from_numpy(sparse_scores)
+        t_levels = torch.from_numpy(sparse_levels)
         t_anchors, t_deltas = torch.from_numpy(anchors), torch.from_numpy(deltas)
         tv_coder = det_utils.BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000.0 / 16))
         theirs = {
@@ -104,6 +109,9 @@ def main(argv=None):
             f"NMS {n_nms} boxes @ 0.5": lambda: torchvision.ops.nms(t_boxes, t_scores, 0.5),
             f"NMS {n_nms} sparse @ 0.7": lambda: torchvision.ops.nms(
                 t_sparse, t_sparse_scores, 0.7
+            ),
+            f"batched NMS {n_nms} sparse, 5 levels": lambda: torchvision.ops.batched_nms(
+                t_sparse, t_sparse_scores, t_levels, 0.7
             ),
             f"decode {n_decode // 1000}k anchors": lambda: tv_coder.decode(t_deltas, [t_anchors]),
         }
@@ -139,14 +147,17 @@ def main(argv=None):
     from tinymaskrcnn.kernels import numba_boxes
 
     print("\nnumba NMS work (IoU evaluations) against intersecting and all pairs:")
-    for name, b, s, t in (
-        (f"NMS {n_nms} boxes @ 0.5", nms_boxes, nms_scores, 0.5),
-        (f"NMS {n_nms} sparse @ 0.7", sparse_boxes, sparse_scores, 0.7),
+    for name, b, s, t, levels in (
+        (f"NMS {n_nms} boxes @ 0.5", nms_boxes, nms_scores, 0.5, None),
+        (f"NMS {n_nms} sparse @ 0.7", sparse_boxes, sparse_scores, 0.7, None),
+        (f"batched NMS {n_nms} sparse, 5 levels", sparse_boxes, sparse_scores, 0.7, sparse_levels),
     ):
         with use_backend("numba"):
             overlaps = box_iou(b, b) > 0  # IoU > 0 exactly when the pair intersects
+        if levels is not None:  # only pairs within a level count
+            overlaps &= levels[:, None] == levels[None, :]
         intersecting = (int(overlaps.sum()) - int(overlaps.diagonal().sum())) // 2
-        evaluations = numba_boxes.nms_iou_evaluations(b, score_order(s), t)
+        evaluations = numba_boxes.nms_iou_evaluations(b, score_order(s), t, levels)
         print(
             f"  {name}: {evaluations:,} evaluations, {intersecting:,} intersecting pairs "
             f"({evaluations / max(intersecting, 1):.1f}x), {len(b) * (len(b) - 1) // 2:,} pairs"
