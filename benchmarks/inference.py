@@ -91,7 +91,11 @@ def main(argv=None):
     _set_threads(args.threads)
     if args.torchvision_only:
         return torchvision_inference(args)
-    child_env = dict(os.environ)  # before the numba kernels set OMP_WAIT_POLICY
+    child_env = dict(os.environ)  # torch keeps its own OpenMP defaults
+    # What kernels/__init__.py sets before the first kernel loads, needed here because
+    # numba.get_num_threads() below starts Numba's OpenMP workers first: with GNU
+    # OpenMP's default (spinning) policy every step runs ~10x slower on 2 cores.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import numba
     import numpy as np
