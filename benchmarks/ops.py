@@ -51,7 +51,7 @@ def main(argv=None):
 
     import numba
 
-    from tinymaskrcnn.boxes import BoxCoder, box_iou, nms
+    from tinymaskrcnn.boxes import BoxCoder, batched_nms, box_iou, nms
     from tinymaskrcnn.kernels import use_backend
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
@@ -78,6 +78,11 @@ def main(argv=None):
     iou_a, iou_b = random_boxes(rng, n_iou), random_boxes(rng, n_iou)
     nms_boxes = random_boxes(rng, n_nms)
     nms_scores = rng.random(n_nms).astype(np.float32)
+    # Issue #12's NMS problem: 10-200 px boxes in a 1000 x 1000 area, threshold 0.7 (the
+    # RPN's), where few pairs intersect and a spatial search pays off most.
+    sparse_boxes = random_boxes(rng, n_nms, (1000, 1000), 10.0, 200.0)
+    sparse_scores = rng.random(n_nms).astype(np.float32)
+    sparse_levels = rng.integers(0, 5, n_nms)  # batched_nms as the RPN calls it, per level
     anchors = random_boxes(rng, n_decode)
     deltas = rng.normal(0, 1, (n_decode, 4)).astype(np.float32)
     coder = BoxCoder()
@@ -85,17 +90,29 @@ def main(argv=None):
     ours = {
         f"IoU {n_iou} x {n_iou}": lambda: box_iou(iou_a, iou_b),
         f"NMS {n_nms} boxes @ 0.5": lambda: nms(nms_boxes, nms_scores, 0.5),
+        f"NMS {n_nms} sparse @ 0.7": lambda: nms(sparse_boxes, sparse_scores, 0.7),
+        f"batched NMS {n_nms} sparse, 5 levels": lambda: batched_nms(
+            sparse_boxes, sparse_scores, sparse_levels, 0.7
+        ),
         f"decode {n_decode // 1000}k anchors": lambda: coder.decode(deltas, anchors),
     }
     theirs = {}
     if torch is not None:
         t_a, t_b = torch.from_numpy(iou_a), torch.from_numpy(iou_b)
         t_boxes, t_scores = torch.from_numpy(nms_boxes), torch.from_numpy(nms_scores)
+        t_sparse, t_sparse_scores = torch.from_numpy(sparse_boxes), torch.from_numpy(sparse_scores)
+        t_levels = torch.from_numpy(sparse_levels)
         t_anchors, t_deltas = torch.from_numpy(anchors), torch.from_numpy(deltas)
         tv_coder = det_utils.BoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000.0 / 16))
         theirs = {
             f"IoU {n_iou} x {n_iou}": lambda: torchvision.ops.box_iou(t_a, t_b),
             f"NMS {n_nms} boxes @ 0.5": lambda: torchvision.ops.nms(t_boxes, t_scores, 0.5),
+            f"NMS {n_nms} sparse @ 0.7": lambda: torchvision.ops.nms(
+                t_sparse, t_sparse_scores, 0.7
+            ),
+            f"batched NMS {n_nms} sparse, 5 levels": lambda: torchvision.ops.batched_nms(
+                t_sparse, t_sparse_scores, t_levels, 0.7
+            ),
             f"decode {n_decode // 1000}k anchors": lambda: tv_coder.decode(t_deltas, [t_anchors]),
         }
 
@@ -124,24 +141,27 @@ def main(argv=None):
     for r in [header] + rows:
         print("  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)))
 
-    # numba's NMS runs on one thread below _PARALLEL_MIN_NMS boxes; time both paths.
+    # How much the numba NMS looks at: IoU lanes its tiles evaluate, against the pairs
+    # that intersect (the least an exact NMS must consider) and all pairs.
+    from tinymaskrcnn.boxes import score_order
     from tinymaskrcnn.kernels import numba_boxes
 
-    nms_fn = ours[f"NMS {n_nms} boxes @ 0.5"]
-    paths = {}
-    saved = numba_boxes._PARALLEL_MIN_NMS
-    try:
-        for path, limit in (("serial", 1 << 62), ("block-parallel", 0)):
-            numba_boxes._PARALLEL_MIN_NMS = limit
-            with use_backend("numba"):
-                paths[path] = median_time(nms_fn, args.repeats)
-    finally:
-        numba_boxes._PARALLEL_MIN_NMS = saved
-    print(
-        f"\nnumba NMS of {n_nms} boxes by path: "
-        + ", ".join(f"{p} {t * 1e3:.2f} ms" for p, t in paths.items())
-        + f" (the default switches to block-parallel at {saved} boxes)"
-    )
+    print("\nnumba NMS work (IoU evaluations) against intersecting and all pairs:")
+    for name, b, s, t, levels in (
+        (f"NMS {n_nms} boxes @ 0.5", nms_boxes, nms_scores, 0.5, None),
+        (f"NMS {n_nms} sparse @ 0.7", sparse_boxes, sparse_scores, 0.7, None),
+        (f"batched NMS {n_nms} sparse, 5 levels", sparse_boxes, sparse_scores, 0.7, sparse_levels),
+    ):
+        with use_backend("numba"):
+            overlaps = box_iou(b, b) > 0  # IoU > 0 exactly when the pair intersects
+        if levels is not None:  # only pairs within a level count
+            overlaps &= levels[:, None] == levels[None, :]
+        intersecting = (int(overlaps.sum()) - int(overlaps.diagonal().sum())) // 2
+        evaluations = numba_boxes.nms_iou_evaluations(b, score_order(s), t, levels)
+        print(
+            f"  {name}: {evaluations:,} evaluations, {intersecting:,} intersecting pairs "
+            f"({evaluations / max(intersecting, 1):.1f}x), {len(b) * (len(b) - 1) // 2:,} pairs"
+        )
 
 
 if __name__ == "__main__":

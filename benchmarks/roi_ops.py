@@ -3,6 +3,8 @@
     python benchmarks/roi_ops.py              # 1000 RoIs on (1,256,200,200), the sizes of
                                               # docs/architecture.md, Benchmarks
     python benchmarks/roi_ops.py --quick      # 200 RoIs on (1,64,100,100)
+    python benchmarks/roi_ops.py --training   # a shapes training step's box RoIs: 512 RoIs
+                                              # (128 per image) on a (4,64,32,32) P2 map
     python benchmarks/roi_ops.py --cuda       # add the CUDA backend (needs a real GPU)
 
 RoIs to 7x7, sampling_ratio 2, spatial_scale 1/4 (a P2-like map of an 800-pixel image).
@@ -42,19 +44,21 @@ def timed_interleaved(functions, repeat):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def make_problem(rng, n_rois, channels, size, scale):
-    features = rng.normal(size=(1, channels, size, size)).astype(np.float32)
+def make_problem(rng, n_rois, channels, size, scale, images=1, sides=(16, 256)):
+    features = rng.normal(size=(images, channels, size, size)).astype(np.float32)
     image = size / scale
     centre = rng.uniform(0, image, size=(n_rois, 2))
-    side = rng.uniform(16, 256, size=(n_rois, 2))
+    side = rng.uniform(*sides, size=(n_rois, 2))
     boxes = np.clip(np.concatenate([centre - side / 2, centre + side / 2], axis=1), 0, image)
-    rois = np.concatenate([np.zeros((n_rois, 1)), boxes], axis=1).astype(np.float32)
+    batch = np.sort(rng.integers(0, images, n_rois))[:, None]
+    rois = np.concatenate([batch, boxes], axis=1).astype(np.float32)
     return features, rois
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller problem")
+    parser.add_argument("--training", action="store_true", help="the shapes preset's training size")
     parser.add_argument("--cuda", action="store_true", help="also time the CUDA backend")
     parser.add_argument("--reference", action="store_true", help="also time the NumPy reference")
     parser.add_argument("--threads", type=int, default=2, help="threads for numba and torch")
@@ -67,10 +71,16 @@ def main(argv=None):
     from tinymaskrcnn.kernels import use_backend
     from tinymaskrcnn.roi_ops import roi_align, roi_align_backward, roi_pool, roi_pool_backward
 
-    n_rois, channels, size = (200, 64, 100) if args.quick else (1000, 256, 200)
     scale, out, ratio = 0.25, (7, 7), 2
     rng = np.random.default_rng(0)
-    features, rois = make_problem(rng, n_rois, channels, size, scale)
+    if args.training:
+        # Batch 4 of 128 x 128 images, 128 sampled RoIs each (box_batch_size_per_image),
+        # shapes of 8..128 px, 64 FPN channels, all on P2 (the worst case of one level).
+        n_rois, channels, size = 512, 64, 32
+        features, rois = make_problem(rng, n_rois, channels, size, scale, 4, (8, 128))
+    else:
+        n_rois, channels, size = (200, 64, 100) if args.quick else (1000, 256, 200)
+        features, rois = make_problem(rng, n_rois, channels, size, scale)
     grad_out = rng.normal(size=(n_rois, channels, *out)).astype(np.float32)
     print(
         f"{n_rois} RoIs on {features.shape} float32 -> {out}, sampling_ratio {ratio}, "

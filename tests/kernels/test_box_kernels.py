@@ -87,13 +87,13 @@ def test_numba_batched_nms_equals_the_reference(dtype, data, threshold):
 def numba_path(request, monkeypatch):
     """Force the serial or the parallel compilation of every numba box kernel."""
     limit = 0 if request.param == "parallel" else 1 << 62
-    for name in ("_PARALLEL_MIN_PAIRS", "_PARALLEL_MIN_BOXES", "_PARALLEL_MIN_NMS"):
+    for name in ("_PARALLEL_MIN_PAIRS", "_PARALLEL_MIN_BOXES"):
         monkeypatch.setattr(numba_boxes, name, limit)
     return request.param
 
 
-def test_numba_nms_equals_the_reference_across_many_blocks(numba_path):
-    # 1000 boxes with ties: four blocks of the kernel's block-parallel greedy loop.
+def test_numba_nms_equals_the_reference_across_many_tiles():
+    # 1000 boxes with ties: 16 tiles of the kernel's spatial layout, 4 groups.
     rng = np.random.default_rng(0)
     b = random_boxes(rng, 1000, image_size=(300, 300), min_size=10, max_size=80)
     s = (rng.integers(0, 50, 1000) / 50).astype(np.float32)

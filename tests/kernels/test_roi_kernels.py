@@ -182,3 +182,50 @@ def test_a_device_array_outside_the_cuda_backend_is_refused_with_the_fix():
     features = cuda.to_device(np.zeros((1, 1, 4, 4), np.float32))
     with pytest.raises(ValueError, match=r"GPU array; run under use_backend\('cuda'\)"):
         roi_align(features, np.array([[0, 0, 0, 2, 2]], np.float32), 2)
+
+
+def _training_sized_problem(dtype, n_rois=300):
+    # The shapes preset's RoIs on a P2 map: small bins (neighbouring samples share
+    # cells, which the backward merges), RoIs in four images, some past the border.
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(4, 12, 32, 32)).astype(dtype)
+    centre = rng.uniform(-8, 136, (n_rois, 2))
+    side = rng.uniform(2, 128, (n_rois, 2))
+    boxes = np.concatenate([centre - side / 2, centre + side / 2], axis=1)
+    rois = np.concatenate([rng.integers(0, 4, (n_rois, 1)), boxes], axis=1).astype(dtype)
+    grad_out = rng.normal(size=(n_rois, 12, 7, 7)).astype(dtype)
+    return grad_out, rois, features.shape
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chunk", [None, 1, 5000])
+def test_numba_roi_align_backward_equals_the_reference_in_chunks(dtype, chunk, monkeypatch):
+    # The cell tables are built a chunk of RoIs at a time: one RoI a chunk, a few, all.
+    from tinymaskrcnn.kernels import numba_roi_ops
+
+    if chunk is not None:
+        monkeypatch.setattr(numba_roi_ops, "_BACKWARD_CHUNK_ENTRIES", chunk)
+    grad_out, rois, shape = _training_sized_problem(dtype)
+    for ratio, aligned in ((2, False), (-1, True)):
+        np.testing.assert_allclose(
+            _run("numba", roi_align_backward, grad_out, rois, shape, 0.25, ratio, aligned),
+            roi_align_backward(grad_out, rois, shape, 0.25, ratio, aligned),
+            **_tolerance(dtype),
+        )
+
+
+def test_numba_roi_align_backward_is_bit_identical_for_any_thread_count():
+    # Each channel plane gets its additions in one fixed order, whichever thread owns it.
+    import numba
+
+    grad_out, rois, shape = _training_sized_problem(np.float32)
+    saved = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS, 1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            results.append(_run("numba", roi_align_backward, grad_out, rois, shape, 0.25, 2))
+    finally:
+        numba.set_num_threads(saved)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])

@@ -7,8 +7,10 @@ very same numbers.
 
 Forward work is split over (RoI, block of channels): the sample positions and bilinear
 weights of a RoI are computed once per block and reused for each of its channels.
-Backward is split over blocks of channels only, so that no two threads ever add into
-the same gradient cell (no atomics needed on the CPU).
+Backward first tabulates, per RoI (in parallel), the distinct cells each bin reads and
+their summed weights, then scatters over blocks of channels, so that no two threads
+ever add into the same gradient cell (no atomics needed on the CPU) and every cell
+receives its additions in one fixed order (bit-identical results run to run).
 
 Flat cell indices are uint32: Numba checks every signed index for Python's negative
 wrap-around, and on these gather-bound loops that check costs about a third of the time
@@ -128,39 +130,74 @@ def _roi_align_forward(
 
 
 @njit(parallel=True, cache=True)
-def _roi_align_backward(grad_out, batch, sx, sy, bw, bh, grid_h, grid_w, order, cblock, grad):
+def _merged_cells(rois, sx, sy, bw, bh, grid_h, grid_w, ph_n, pw_n, height, width, start,
+                  cell, share, bin_end):  # fmt: skip
+    """For each RoI of ``rois`` and each bin: the cells its samples read and what share
+    of the bin's gradient each cell gets (the sum of its bilinear weights over the
+    bin's samples, divided by the samples per bin).
+
+    A cell read by several samples of a bin (neighbouring samples share corners when
+    bins are smaller than two cells, as for most RoIs of a small map) appears once, and
+    cells of weight 0 not at all, so the backward scatters each gradient to fewer cells.
+    RoI ``rois[i]`` writes its entries from ``start[i]``; bin b's entries end at
+    ``bin_end[i, b]`` and begin where bin b - 1's end (bin 0 at ``start[i]``).
+    """
+    for i in prange(rois.shape[0]):
+        k = rois[i]
+        gh, gw = grid_h[k], grid_w[k]
+        per_bin = gh * gw
+        samples = ph_n * pw_n * per_bin
+        index = np.empty((samples, 4), np.uint32)
+        weight = np.empty((samples, 4), np.float64)
+        _fill_samples(sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight)
+        count = max(per_bin, 1)
+        end = start[i]
+        for b in range(ph_n * pw_n):
+            first = end
+            for s in range(b * per_bin, (b + 1) * per_bin):
+                for j in range(4):
+                    w = weight[s, j]
+                    if w == 0.0:
+                        continue
+                    e = first
+                    while e < end and cell[e] != index[s, j]:
+                        e += 1
+                    if e == end:
+                        cell[e] = index[s, j]
+                        share[e] = 0.0
+                        end += 1
+                    share[e] += w
+            for e in range(first, end):
+                share[e] /= count
+            bin_end[i, b] = end
+
+
+@njit(parallel=True, cache=True)
+def _scatter_bins(grad_out, batch, rois, start, cell, share, bin_end, cblock, grad):
+    """grad[batch[k], c, cell] += grad_out[k, c, bin] * share over every bin's cells.
+
+    One block of channels per task: its gradient planes belong to this thread alone (no
+    races, no atomics), and each plane receives its additions in the same order whatever
+    the number of threads, so the result is bit-identical from run to run.
+    """
     k_n, c_n, ph_n, pw_n = grad_out.shape
-    height, width = grad.shape[2], grad.shape[3]
-    plane = grad.reshape(grad.shape[0], c_n, height * width)
-    max_samples = 0
-    for k in range(k_n):
-        max_samples = max(max_samples, ph_n * pw_n * grid_h[k] * grid_w[k])
+    plane = grad.reshape(grad.shape[0], c_n, grad.shape[2] * grad.shape[3])
     n_blocks = (c_n + cblock - 1) // cblock
-    # One block of channels per task: its gradient planes belong to this thread alone.
     for block in prange(n_blocks):
-        c0 = block * cblock
-        c1 = min(c0 + cblock, c_n)
-        index = np.empty((max_samples, 4), np.uint32)
-        weight = np.empty((max_samples, 4), grad.dtype)
-        for k in order:
-            gh, gw = grid_h[k], grid_w[k]
-            per_bin = gh * gw
-            if per_bin <= 0:
-                continue
-            _fill_samples(
-                sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight
-            )
+        for i in range(rois.shape[0]):
+            k = rois[i]
             b = batch[k]
-            for c in range(c0, c1):
+            for c in range(block * cblock, min(block * cblock + cblock, c_n)):
                 target = plane[b, c]
-                s = 0
+                # Unsigned entry numbers: no wrap-around checks on the table reads.
+                first = np.uint64(start[i])
                 for ph in range(ph_n):
                     for pw in range(pw_n):
-                        g = grad_out[k, c, ph, pw] / per_bin
-                        for _ in range(per_bin):
-                            for j in range(4):
-                                target[index[s, j]] += g * weight[s, j]
-                            s += 1
+                        g = grad_out[k, c, ph, pw]
+                        end = np.uint64(bin_end[i, ph * pw_n + pw])
+                        for e in range(first, end):
+                            target[cell[e]] += g * share[e]
+                        first = end
 
 
 @njit(parallel=True, cache=True)
@@ -253,26 +290,42 @@ def roi_align(features, geometry, output_size, reduction):
     return out
 
 
+# The cell tables of roi_align_backward are built for this many samples' entries at a
+# time (4 per sample; 24 MiB of tables in float32), then scattered.
+_BACKWARD_CHUNK_ENTRIES = 1 << 21
+
+
 def roi_align_backward(grad_out, geometry, features_shape):
-    """Gradient of average RoIAlign: (K, C, ph, pw) -> (N, C, H, W) in grad_out's dtype."""
+    """Gradient of average RoIAlign: (K, C, ph, pw) -> (N, C, H, W) in grad_out's dtype.
+
+    Two parallel passes per chunk of RoIs: the cells and shares of every bin, once per
+    RoI (``_merged_cells``, over RoIs), then the scatter of every channel's gradient
+    through them (``_scatter_bins``, over blocks of channels).
+    """
     n, c, h, w = features_shape
     grad = np.zeros(features_shape, grad_out.dtype)
     if grad_out.size == 0 or grad.size == 0:
         return grad
     batch, sx, sy, bw, bh, gh, gw = geometry
-    _roi_align_backward(
-        np.ascontiguousarray(grad_out),
-        batch,
-        sx,
-        sy,
-        bw,
-        bh,
-        gh,
-        gw,
-        _raster_order(batch, sx, sy, bw, bh, grad_out.shape[2:]),
-        _channel_block(1, c),
-        grad,
-    )
+    ph_n, pw_n = grad_out.shape[2:]
+    grad_out = np.ascontiguousarray(grad_out)
+    order = _raster_order(batch, sx, sy, bw, bh, grad_out.shape[2:])
+    entries = 4 * ph_n * pw_n * gh[order].astype(np.int64) * gw[order]
+    cblock = _channel_block(1, c)
+    lo = 0
+    while lo < len(order):
+        # At least one RoI a chunk, however many samples it has.
+        total = np.cumsum(entries[lo:])
+        hi = lo + max(1, int(np.searchsorted(total, _BACKWARD_CHUNK_ENTRIES, side="right")))
+        rois = np.ascontiguousarray(order[lo:hi])
+        start = np.concatenate([[0], total[: hi - lo - 1]]).astype(np.int64)
+        size = int(total[hi - lo - 1])
+        cell = np.empty(size, np.uint32)
+        share = np.empty(size, grad.dtype)
+        bin_end = np.empty((hi - lo, ph_n * pw_n), np.int64)
+        _merged_cells(rois, sx, sy, bw, bh, gh, gw, ph_n, pw_n, h, w, start, cell, share, bin_end)
+        _scatter_bins(grad_out, batch, rois, start, cell, share, bin_end, cblock, grad)
+        lo = hi
     return grad
 
 
