@@ -68,18 +68,26 @@ def batch_at(dataset, step, batch_size, seed, hflip=True):
     """The batch of training step ``step``: (images, targets), lists of length B.
 
     Epochs are laid end to end: step s takes positions s*B .. s*B + B - 1 of that
-    sequence. Epoch e visits ``dataset`` in the order of
-    ``np.random.default_rng([seed, e]).permutation(len(dataset))`` and flips the image at
-    each position with probability 0.5 (the same generator, after the permutation).
-    A pure function of its arguments, so resuming needs no iterator state.
+    sequence (``examples_at``). A pure function of its arguments, so resuming needs no
+    iterator state, and data-parallel workers each build their own share of it.
 
     images: B arrays (3, H, W) float32 in [0, 1]; targets: B dicts with boxes (G, 4),
     labels (G,), masks (G, H, W), as the dataset gives them (mirrored when flipped).
     """
+    return examples_at(dataset, range(step * batch_size, (step + 1) * batch_size), seed, hflip)
+
+
+def examples_at(dataset, positions, seed, hflip=True):
+    """(images, targets) at ``positions`` (ints) of the epochs laid end to end.
+
+    Epoch e visits ``dataset`` in the order of
+    ``np.random.default_rng([seed, e]).permutation(len(dataset))`` and flips the image at
+    each position with probability 0.5 (the same generator, after the permutation).
+    """
     n = len(dataset)
     images, targets = [], []
     epochs = {}
-    for position in range(step * batch_size, (step + 1) * batch_size):
+    for position in positions:
         epoch, k = divmod(position, n)
         if epoch not in epochs:
             rng = np.random.default_rng([seed, epoch])
@@ -117,6 +125,15 @@ def shapes_sets(settings: TrainSettings, image_size=128):
 
 
 @dataclass
+class StepTime:
+    """Where a step's seconds went (log.csv's compute, transfer and update columns)."""
+
+    compute: float  # batch, forward and backward (with workers: the slowest worker's)
+    transfer: float  # weights out, gradients back, waiting on workers (0 in one process)
+    update: float  # summing gradients and the optimizer step
+
+
+@dataclass
 class TrainResult:
     model: MaskRCNN
     step: int  # steps completed
@@ -134,17 +151,22 @@ def train(
     eval_dataset=None,
     backend: str | None = None,
     progress: bool = True,
+    address: str | None = None,
 ) -> TrainResult:
     """Train a Mask R-CNN into the run folder ``out_dir`` (run_folder.py).
 
     cfg: the model (ignored when resuming: the checkpoint's config is used).
-    settings: TrainSettings. When resuming, only ``steps`` (and the checkpoint and
-        evaluation cadence) is taken from it: the rest continues from the checkpoint.
+    settings: TrainSettings. When resuming, only ``steps``, ``workers`` (and the
+        checkpoint and evaluation cadence) are taken from it: the rest continues from
+        the checkpoint.
     resume: continue from ``out_dir/checkpoint.safetensors``.
     dataset, eval_dataset: ``ds[i] -> (image, target)``; default: shapes sets of
         ``settings`` (``shapes_sets``). Pass ``eval_dataset=False`` to skip evaluation.
     backend: "numpy", "numba" or "cuda"; default ``default_backend()``.
     progress: show a tqdm bar with the five losses.
+    address: a Ray cluster to train on (``ray start --head`` prints it; "auto" finds
+        the local one). None with ``settings.workers`` > 1 starts a local cluster;
+        None with one worker trains in this process (distributed.py).
 
     Ctrl-C stops between or inside a step; the step in progress is abandoned and the
     last checkpoint on disk is left as it was (``interrupted`` is True).
@@ -155,25 +177,32 @@ def train(
     dataset, eval_dataset = _datasets(dataset, eval_dataset, settings, model.cfg.min_size)
     backend = default_backend() if backend is None else backend
 
+    checkpoint = os.path.join(out_dir, CHECKPOINT)
     logs = RunLogs(out_dir, start)
     bar = _progress(progress, start, settings.steps)
     step, interrupted, metrics, seconds = start, False, None, 0.0
+    workers = None
     try:
+        if settings.workers > 1 or address is not None:
+            from .distributed import RayWorkers
+
+            workers = RayWorkers(model, dataset, settings, backend, address)
         with use_backend(backend):
             while step < settings.steps:
                 tic = time.perf_counter()
-                batch = batch_at(dataset, step, settings.batch_size, settings.seed, settings.hflip)
                 lr = optimizer.lr
-                losses, total = _step(model, optimizer, *batch, step)
+                if workers is None:
+                    losses, total, times = _step(model, optimizer, dataset, settings, step)
+                else:
+                    losses, total, times = workers.step(model, optimizer, step, checkpoint)
                 step += 1
                 took = time.perf_counter() - tic
                 seconds += took
-                logs.write_step(step, lr, losses, total, took)
+                logs.write_step(step, lr, losses, total, took, times)
                 if bar is not None:
                     bar.set_postfix({_SHORT[k]: f"{losses[k]:.3f}" for k in LOSS_NAMES})
                     bar.update(1)
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
-                    checkpoint = os.path.join(out_dir, CHECKPOINT)
                     save_training_state(checkpoint, model, optimizer, step, settings)
                 evaluate_now = settings.eval_every and step % settings.eval_every == 0
                 if eval_dataset is not None and (evaluate_now or step == settings.steps):
@@ -183,6 +212,8 @@ def train(
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if workers is not None:
+            workers.close()
         if bar is not None:
             bar.close()
         logs.close()
@@ -196,11 +227,13 @@ def _open_run(cfg, out_dir, settings, resume):
     checkpoint = os.path.join(out_dir, CHECKPOINT)
     if resume:
         model, optimizer, start, saved = load_training_state(checkpoint)
+        # Nothing in a checkpoint depends on the worker count, so a run resumes on any.
         settings = dataclasses.replace(
             saved,
             steps=settings.steps,
             checkpoint_every=settings.checkpoint_every,
             eval_every=settings.eval_every,
+            workers=settings.workers,
         )
         return model, optimizer, start, settings
     if cfg is None:
@@ -224,19 +257,29 @@ def _datasets(dataset, eval_dataset, settings, image_size):
     return dataset, eval_dataset or None
 
 
-def _step(model, optimizer, images, targets, step):
-    """One optimizer step on a batch; returns (losses, their sum)."""
+def _step(model, optimizer, dataset, settings, step):
+    """One optimizer step on the batch of ``step``, in this process; returns (losses,
+    their sum, StepTime)."""
+    tic = time.perf_counter()
+    images, targets = batch_at(dataset, step, settings.batch_size, settings.seed, settings.hflip)
     losses = model(images, targets)
+    total = check_finite(losses, step, optimizer)
+    model.backward()
+    computed = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad()
+    return losses, total, StepTime(computed - tic, 0.0, time.perf_counter() - computed)
+
+
+def check_finite(losses, step, optimizer) -> float:
+    """The sum of the five ``losses``, or FloatingPointError when it is not finite."""
     total = sum(losses.values())
     if not np.isfinite(total):
         raise FloatingPointError(
             f"training diverged at step {step}: losses {losses}; lower the "
             f"learning rate (now {optimizer.lr:g}) or lengthen the warm-up"
         )
-    model.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return losses, total
+    return total
 
 
 def evaluate_model(model, dataset, batch_size=8, iou_types=("bbox", "segm")):
