@@ -93,6 +93,14 @@ def test_a_batch_is_shared_as_evenly_as_possible():
     assert shares(4, 4) == [range(i, i + 1) for i in range(4)]
 
 
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
+    from tinymaskrcnn.distributed import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what a missing package looks like
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[distributed\]"'):
+        import_ray()
+
+
 def test_more_workers_than_images_is_refused():
     with pytest.raises(ValueError, match=r"workers \(3\) must not exceed batch_size \(2\)"):
         TrainSettings(batch_size=2, workers=3)

@@ -10,8 +10,8 @@ Each worker is a Ray actor holding a model replica. One step of B images on N wo
     driver     grad = sum_w grads_w; optimizer.step()           # one SGD step, as in train.py
 
 The batch of a step is ``train.batch_at``'s: worker w builds the images at positions
-``step * B + shares(B, N)[w]`` itself (``train.examples_at``), so only weights and
-gradients travel, and the batch is the same whatever N.
+``step * B + shares(B, N)[w]`` itself (``data.batching.examples_at``), so only weights
+and gradients travel, and the batch is the same whatever N.
 
 **Why the factors.** torchvision normalises each loss over the whole batch's samples, not
 per image (docs/architecture.md, Losses): the RPN's two losses divide by S, the sampled
@@ -65,8 +65,11 @@ import time
 
 import numpy as np
 
+from .data.batching import examples_at
 from .kernels import use_backend
 from .model import LOSS_NAMES, MaskRCNN
+from .run_folder import StepTime
+from .train_state import check_finite
 
 # Which sample count normalises each loss (the module docstring's S, K and P).
 LOSS_COUNTS = {
@@ -145,8 +148,6 @@ class Replica:
         Returns (losses: LOSS_NAMES -> float over this share, counts: LOSS_COUNTS' names
         -> int, seconds).
         """
-        from .train import examples_at
-
         tic = time.perf_counter()
         self.model.load_state_dict(state)
         self.model.zero_grad()
@@ -235,10 +236,8 @@ def data_parallel_step(workers, model, optimizer, step: int, batch_size: int):
 
     workers: has ``count`` (N), ``put(value) -> handle`` (shared by every worker) and
     ``call(method, args per worker) -> results per worker`` of Replica's methods.
-    Returns (losses, their sum, train.StepTime), as train.py's one-process step.
+    Returns (losses, their sum, StepTime), as train.py's one-process step.
     """
-    from .train import StepTime, check_finite
-
     tic = time.perf_counter()
     parts = shares(batch_size, workers.count)
     weights = workers.put(model.state_dict())

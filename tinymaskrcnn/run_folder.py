@@ -9,7 +9,7 @@ A run lives in one folder:
                              ``tinymaskrcnn predict`` and ``evaluate`` read), at the end
     log.csv                  one row per step: lr, the five losses, their sum, seconds,
                              and those seconds split into compute, transfer and update
-                             (train.StepTime)
+                             (StepTime)
     eval.csv                 COCO AP of the held-out set every ``eval_every`` steps
 
 Shapes used below:
@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,6 +43,15 @@ EVAL_COLUMNS = [
 ]
 
 
+@dataclass
+class StepTime:
+    """Where a step's seconds went (log.csv's compute, transfer and update columns)."""
+
+    compute: float  # batch, forward and backward (with workers: the slowest worker's)
+    transfer: float  # weights out, gradients back, waiting on workers (0 in one process)
+    update: float  # summing gradients and the optimizer step
+
+
 class RunLogs:
     """log.csv and eval.csv of the run folder ``out_dir``, for a run that starts (or
     resumes) after step ``start``; close() when done."""
@@ -53,7 +63,7 @@ class RunLogs:
     def write_step(self, step, lr, losses, total, seconds, times):
         """A row of log.csv: the step completed, its rate, its losses (LOSS_NAMES ->
         float), their sum ``total``, how long it took and where that went (``times``,
-        a train.StepTime)."""
+        a StepTime)."""
         values = [f"{losses[k]:.6f}" for k in LOSS_NAMES]
         split = [f"{t:.4f}" for t in (times.compute, times.transfer, times.update)]
         self._steps.write([step, f"{lr:.6g}", *values, f"{total:.6f}", f"{seconds:.3f}", *split])

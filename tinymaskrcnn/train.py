@@ -28,12 +28,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import MaskRCNNConfig
-from .data.batching import flip_horizontal
+from .data.batching import examples_at
 from .kernels import available_backends, use_backend
 from .model import LOSS_NAMES, MaskRCNN
-from .run_folder import CHECKPOINT, EVAL_LOG, LOG, WEIGHTS, RunLogs, read_log  # noqa: F401 (re-exported)
+from .run_folder import (  # noqa: F401 (read_log, StepTime re-exported)
+    CHECKPOINT,
+    EVAL_LOG,
+    LOG,
+    WEIGHTS,
+    RunLogs,
+    StepTime,
+    read_log,
+)
 from .train_state import (  # noqa: F401 (export_weights re-exported)
     TrainSettings,
+    check_finite,
     export_weights,
     load_training_state,
     make_optimizer,
@@ -68,37 +77,14 @@ def batch_at(dataset, step, batch_size, seed, hflip=True):
     """The batch of training step ``step``: (images, targets), lists of length B.
 
     Epochs are laid end to end: step s takes positions s*B .. s*B + B - 1 of that
-    sequence (``examples_at``). A pure function of its arguments, so resuming needs no
-    iterator state, and data-parallel workers each build their own share of it.
+    sequence (``data.batching.examples_at``). A pure function of its arguments, so
+    resuming needs no iterator state, and data-parallel workers each build their own
+    share of it.
 
     images: B arrays (3, H, W) float32 in [0, 1]; targets: B dicts with boxes (G, 4),
     labels (G,), masks (G, H, W), as the dataset gives them (mirrored when flipped).
     """
     return examples_at(dataset, range(step * batch_size, (step + 1) * batch_size), seed, hflip)
-
-
-def examples_at(dataset, positions, seed, hflip=True):
-    """(images, targets) at ``positions`` (ints) of the epochs laid end to end.
-
-    Epoch e visits ``dataset`` in the order of
-    ``np.random.default_rng([seed, e]).permutation(len(dataset))`` and flips the image at
-    each position with probability 0.5 (the same generator, after the permutation).
-    """
-    n = len(dataset)
-    images, targets = [], []
-    epochs = {}
-    for position in positions:
-        epoch, k = divmod(position, n)
-        if epoch not in epochs:
-            rng = np.random.default_rng([seed, epoch])
-            epochs[epoch] = (rng.permutation(n), rng.random(n) < 0.5)
-        order, flips = epochs[epoch]
-        image, target = dataset[int(order[k])]
-        if hflip and flips[k]:
-            image, target = flip_horizontal(image, target)
-        images.append(image)
-        targets.append(target)
-    return images, targets
 
 
 def shapes_sets(settings: TrainSettings, image_size=128):
@@ -122,15 +108,6 @@ def shapes_sets(settings: TrainSettings, image_size=128):
 
 
 # --- the loop ---------------------------------------------------------------------------
-
-
-@dataclass
-class StepTime:
-    """Where a step's seconds went (log.csv's compute, transfer and update columns)."""
-
-    compute: float  # batch, forward and backward (with workers: the slowest worker's)
-    transfer: float  # weights out, gradients back, waiting on workers (0 in one process)
-    update: float  # summing gradients and the optimizer step
 
 
 @dataclass
@@ -269,17 +246,6 @@ def _step(model, optimizer, dataset, settings, step):
     optimizer.step()
     optimizer.zero_grad()
     return losses, total, StepTime(computed - tic, 0.0, time.perf_counter() - computed)
-
-
-def check_finite(losses, step, optimizer) -> float:
-    """The sum of the five ``losses``, or FloatingPointError when it is not finite."""
-    total = sum(losses.values())
-    if not np.isfinite(total):
-        raise FloatingPointError(
-            f"training diverged at step {step}: losses {losses}; lower the "
-            f"learning rate (now {optimizer.lr:g}) or lengthen the warm-up"
-        )
-    return total
 
 
 def evaluate_model(model, dataset, batch_size=8, iou_types=("bbox", "segm")):

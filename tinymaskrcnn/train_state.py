@@ -109,6 +109,17 @@ class TrainSettings:
         return cls(**data)
 
 
+def check_finite(losses, step, optimizer) -> float:
+    """The sum of the five ``losses``, or FloatingPointError when it is not finite."""
+    total = sum(losses.values())
+    if not np.isfinite(total):
+        raise FloatingPointError(
+            f"training diverged at step {step}: losses {losses}; lower the "
+            f"learning rate (now {optimizer.lr:g}) or lengthen the warm-up"
+        )
+    return total
+
+
 def make_optimizer(model, settings: TrainSettings) -> nn.SGD:
     """SGD over ``model``'s parameters with the rate, momentum, decay and schedule of
     ``settings``."""
