@@ -12,6 +12,10 @@ milestone; horizontal flips as the one augmentation. One step:
 Shapes used below:
     B: images per batch       H, W: one image's size        G: objects of one image
 
+With ``settings.workers`` > 1 (or a Ray ``address``) the same step runs data-parallel,
+the batch shared by worker processes (distributed.py); the loop, its logs and its
+checkpoints are the same.
+
 This module is the loop and its data; around it, train_state.py holds what a run is
 (``TrainSettings``, the optimizer) and the checkpoint that resumes it exactly, and
 run_folder.py the files of the run folder ``train`` writes (checkpoint, weights,
