@@ -11,7 +11,12 @@ README = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
 def test_the_first_lines_hold_the_tour_and_the_test_commands():
     first = "\n".join(README.splitlines()[:8])
     assert "pip install -e . && tinymaskrcnn tour" in first
-    assert 'pip install -e ".[test]" && pytest' in first
+    assert 'pip install -e ".[test,distributed]" && pytest' in first
+
+
+def test_ci_installs_what_the_readme_test_line_installs():
+    ci = (pathlib.Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert 'pip install --quiet -e ".[test,distributed]"' in ci
 
 
 def test_the_backend_table_is_what_implementations_reports():

@@ -2,7 +2,8 @@
 
     tinymaskrcnn tour [--out DIR] [--backend NAME|all] [--seed N] [--image-size PX] [--repeats N]
     tinymaskrcnn tour --image PHOTO [--checkpoint FILE] [--out DIR] [--backend NAME|all]
-    tinymaskrcnn train [--config shapes] [--out RUN] [--resume] [--set F=V] [--steps N] ...
+    tinymaskrcnn train [--config shapes] [--out RUN] [--resume] [--set F=V] [--steps N]
+                       [--workers N [--address RAY_ADDRESS]] ...
     tinymaskrcnn predict IMAGE [--out PNG] [--checkpoint FILE] [--score-thresh S]
     tinymaskrcnn evaluate [--checkpoint FILE] [--coco JSON] [--num-images N] [--seed N]
     tinymaskrcnn bench [--backend NAME|all] [--quick]
@@ -205,6 +206,14 @@ def _train(sub):
         "--resume",
         action="store_true",
         help="continue the run in --out from its checkpoint up to --steps",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="RAY_ADDRESS",
+        help="train on this Ray cluster (`ray start --head` prints its address; 'auto' "
+        "finds the local one) with --workers workers; default: a local cluster when "
+        "--workers > 1. Not part of the run: a resumed run may use another",
     )
     _coco_options(p, "train on a COCO-format annotation file instead of shapes")
     _backend_option(p)

@@ -122,6 +122,7 @@ def run_bench(args) -> int:
 
 def run_train(args) -> int:
     from .config import MaskRCNNConfig
+    from .distributed import WorkerLost  # imports Ray only when workers start
     from .evaluate import format_table
     from .train import TrainSettings, train
 
@@ -152,8 +153,9 @@ def run_train(args) -> int:
             eval_dataset=eval_dataset,
             backend=args.backend,
             progress=not args.no_progress,
+            address=args.address,
         )
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError, ImportError, WorkerLost) as err:
         fail("train", err)
     if result.interrupted:
         print(

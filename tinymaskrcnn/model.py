@@ -154,13 +154,25 @@ class MaskRCNN(nn.Module):
         trace("masks", detections=detections)
         return detections
 
-    def backward(self):
-        """Accumulate d(sum of the five losses)/d(parameter) into every trainable .grad."""
+    def backward(self, loss_weights=None):
+        """Accumulate d(sum of the five losses)/d(parameter) into every trainable .grad.
+
+        loss_weights: None, or a dict loss name -> factor (LOSS_NAMES; absent names 1.0):
+        the gradient is then that of sum_k factor_k * loss_k. Data-parallel training
+        (distributed.py) weighs each worker's losses by its share of the batch's samples.
+        """
         if not self._ready_for_backward:
             raise RuntimeError("MaskRCNN.backward needs a forward in training mode first")
+        weights = dict.fromkeys(LOSS_NAMES, 1.0)
+        unknown = sorted(set(loss_weights or {}) - set(LOSS_NAMES))
+        if unknown:
+            raise ValueError(
+                f"loss_weights names unknown losses {unknown}; the losses are {LOSS_NAMES}"
+            )
+        weights.update({k: float(v) for k, v in (loss_weights or {}).items()})
         self._ready_for_backward = False
-        grad_rpn = self.rpn.backward()  # P2..P6
-        grad_heads = self.roi_heads.backward()  # P2..P5
+        grad_rpn = self.rpn.backward(weights)  # P2..P6
+        grad_heads = self.roi_heads.backward(weights)  # P2..P5
         grads = [a + b for a, b in zip(grad_rpn[:4], grad_heads, strict=True)] + [grad_rpn[4]]
         self.backbone.backward(grads)
 

@@ -323,9 +323,14 @@ class RoIHeads(nn.Module):
         x = self.mask_roi_pool(features, boxes, image_sizes)
         return self.mask_predictor(self.mask_head(x))
 
-    def backward(self):
-        """Gradient of (loss_classifier + loss_box_reg + loss_mask) w.r.t. [P2..P5]."""
+    def backward(self, loss_weights=None):
+        """Gradient of (loss_classifier + loss_box_reg + loss_mask) w.r.t. [P2..P5], or of
+        their weighted sum with ``loss_weights`` (loss name -> factor, absent 1.0)."""
         g_cls, g_box, g_mask = self._pop()
+        weights = loss_weights or {}
+        g_cls = g_cls * weights.get("loss_classifier", 1.0)
+        g_box = g_box * weights.get("loss_box_reg", 1.0)
+        g_mask = g_mask * weights.get("loss_mask", 1.0)
         g = self.box_head.backward(self.box_predictor.backward(g_cls, g_box))
         grads = self.box_roi_pool.backward(g)
         if len(g_mask):

@@ -310,8 +310,12 @@ class RegionProposalNetwork(nn.Module):
         self._save(grad_obj, grad_del, [o.shape for o in objectness_maps])
         return proposals, losses
 
-    def backward(self):
-        """Gradient of (loss_objectness + loss_rpn_box_reg) w.r.t. each feature map."""
+    def backward(self, loss_weights=None):
+        """Gradient of (loss_objectness + loss_rpn_box_reg) w.r.t. each feature map, or
+        of their weighted sum with ``loss_weights`` (loss name -> factor, absent 1.0)."""
         grad_obj, grad_del, shapes = self._pop()
+        weights = loss_weights or {}
+        grad_obj = grad_obj * weights.get("loss_objectness", 1.0)
+        grad_del = grad_del * weights.get("loss_rpn_box_reg", 1.0)
         g_obj, g_del = unflatten_gradients(grad_obj, grad_del, shapes)
         return self.head.backward(g_obj, g_del)

@@ -7,7 +7,9 @@ A run lives in one folder:
                              every ``checkpoint_every`` steps and at the end
     model.safetensors        weights and config only (what ``MaskRCNN.from_checkpoint``,
                              ``tinymaskrcnn predict`` and ``evaluate`` read), at the end
-    log.csv                  one row per step: lr, the five losses, their sum, seconds
+    log.csv                  one row per step: lr, the five losses, their sum, seconds,
+                             and those seconds split into compute, transfer and update
+                             (StepTime)
     eval.csv                 COCO AP of the held-out set every ``eval_every`` steps
 
 Shapes used below:
@@ -23,6 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,11 +36,20 @@ CHECKPOINT = "checkpoint.safetensors"
 WEIGHTS = "model.safetensors"
 LOG = "log.csv"
 EVAL_LOG = "eval.csv"
-LOG_COLUMNS = ["step", "lr", *LOSS_NAMES, "loss", "seconds"]
+LOG_COLUMNS = ["step", "lr", *LOSS_NAMES, "loss", "seconds", "compute", "transfer", "update"]
 EVAL_COLUMNS = [
     "step",
     *(f"{t}_{m}" for t in ("bbox", "segm") for m in ("AP", "AP50", "AP75")),
 ]
+
+
+@dataclass
+class StepTime:
+    """Where a step's seconds went (log.csv's compute, transfer and update columns)."""
+
+    compute: float  # batch, forward and backward (with workers: the slowest worker's)
+    transfer: float  # weights out, gradients back, waiting on workers (0 in one process)
+    update: float  # summing gradients and the optimizer step
 
 
 class RunLogs:
@@ -48,11 +60,13 @@ class RunLogs:
         self._steps = _CsvLog(os.path.join(out_dir, LOG), LOG_COLUMNS, start)
         self._evals = _CsvLog(os.path.join(out_dir, EVAL_LOG), EVAL_COLUMNS, start)
 
-    def write_step(self, step, lr, losses, total, seconds):
+    def write_step(self, step, lr, losses, total, seconds, times):
         """A row of log.csv: the step completed, its rate, its losses (LOSS_NAMES ->
-        float), their sum ``total`` and how long it took."""
+        float), their sum ``total``, how long it took and where that went (``times``,
+        a StepTime)."""
         values = [f"{losses[k]:.6f}" for k in LOSS_NAMES]
-        self._steps.write([step, f"{lr:.6g}", *values, f"{total:.6f}", f"{seconds:.3f}"])
+        split = [f"{t:.4f}" for t in (times.compute, times.transfer, times.update)]
+        self._steps.write([step, f"{lr:.6g}", *values, f"{total:.6f}", f"{seconds:.3f}", *split])
 
     def write_eval(self, step, metrics):
         """A row of eval.csv from ``evaluate.evaluate``'s dict (empty where it has None)."""
@@ -78,6 +92,8 @@ class _CsvLog:
             with open(path, newline="") as f:
                 kept = [row for row in csv.reader(f)][1:]
             kept = [row for row in kept if row and int(row[0]) <= start]
+            # A log written before a column was added: its rows get that cell empty.
+            kept = [row + [""] * (len(columns) - len(row)) for row in kept]
         text = io.StringIO(newline="")
         csv.writer(text).writerows([columns, *kept])
         write_atomically(path, lambda f: f.write(text.getvalue().encode("utf-8")))

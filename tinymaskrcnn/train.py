@@ -12,6 +12,10 @@ milestone; horizontal flips as the one augmentation. One step:
 Shapes used below:
     B: images per batch       H, W: one image's size        G: objects of one image
 
+With ``settings.workers`` > 1 (or a Ray ``address``) the same step runs data-parallel,
+the batch shared by worker processes (distributed.py); the loop, its logs and its
+checkpoints are the same.
+
 This module is the loop and its data; around it, train_state.py holds what a run is
 (``TrainSettings``, the optimizer) and the checkpoint that resumes it exactly, and
 run_folder.py the files of the run folder ``train`` writes (checkpoint, weights,
@@ -28,12 +32,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import MaskRCNNConfig
-from .data.batching import flip_horizontal
+from .data.batching import examples_at
 from .kernels import available_backends, use_backend
 from .model import LOSS_NAMES, MaskRCNN
-from .run_folder import CHECKPOINT, EVAL_LOG, LOG, WEIGHTS, RunLogs, read_log  # noqa: F401 (re-exported)
+from .run_folder import (  # noqa: F401 (read_log, StepTime re-exported)
+    CHECKPOINT,
+    EVAL_LOG,
+    LOG,
+    WEIGHTS,
+    RunLogs,
+    StepTime,
+    read_log,
+)
 from .train_state import (  # noqa: F401 (export_weights re-exported)
     TrainSettings,
+    check_finite,
     export_weights,
     load_training_state,
     make_optimizer,
@@ -69,29 +82,14 @@ def batch_at(dataset, step, batch_size, seed, hflip=True):
     """The batch of training step ``step``: (images, targets), lists of length B.
 
     Epochs are laid end to end: step s takes positions s*B .. s*B + B - 1 of that
-    sequence. Epoch e visits ``dataset`` in the order of
-    ``np.random.default_rng([seed, e]).permutation(len(dataset))`` and flips the image at
-    each position with probability 0.5 (the same generator, after the permutation).
-    A pure function of its arguments, so resuming needs no iterator state.
+    sequence (``data.batching.examples_at``). A pure function of its arguments, so
+    resuming needs no iterator state, and data-parallel workers each build their own
+    share of it.
 
     images: B arrays (3, H, W) float32 in [0, 1]; targets: B dicts with boxes (G, 4),
     labels (G,), masks (G, H, W), as the dataset gives them (mirrored when flipped).
     """
-    n = len(dataset)
-    images, targets = [], []
-    epochs = {}
-    for position in range(step * batch_size, (step + 1) * batch_size):
-        epoch, k = divmod(position, n)
-        if epoch not in epochs:
-            rng = np.random.default_rng([seed, epoch])
-            epochs[epoch] = (rng.permutation(n), rng.random(n) < 0.5)
-        order, flips = epochs[epoch]
-        image, target = dataset[int(order[k])]
-        if hflip and flips[k]:
-            image, target = flip_horizontal(image, target)
-        images.append(image)
-        targets.append(target)
-    return images, targets
+    return examples_at(dataset, range(step * batch_size, (step + 1) * batch_size), seed, hflip)
 
 
 def shapes_sets(settings: TrainSettings, image_size=128):
@@ -135,17 +133,22 @@ def train(
     eval_dataset=None,
     backend: str | None = None,
     progress: bool = True,
+    address: str | None = None,
 ) -> TrainResult:
     """Train a Mask R-CNN into the run folder ``out_dir`` (run_folder.py).
 
     cfg: the model (ignored when resuming: the checkpoint's config is used).
-    settings: TrainSettings. When resuming, only ``steps`` (and the checkpoint and
-        evaluation cadence) is taken from it: the rest continues from the checkpoint.
+    settings: TrainSettings. When resuming, only ``steps``, ``workers`` (and the
+        checkpoint and evaluation cadence) are taken from it: the rest continues from
+        the checkpoint.
     resume: continue from ``out_dir/checkpoint.safetensors``.
     dataset, eval_dataset: ``ds[i] -> (image, target)``; default: shapes sets of
         ``settings`` (``shapes_sets``). Pass ``eval_dataset=False`` to skip evaluation.
     backend: "numpy", "numba" or "cuda"; default ``default_backend()``.
     progress: show a tqdm bar with the five losses.
+    address: a Ray cluster to train on (``ray start --head`` prints it; "auto" finds
+        the local one). None with ``settings.workers`` > 1 starts a local cluster;
+        None with one worker trains in this process (distributed.py).
 
     Ctrl-C stops between or inside a step; the step in progress is abandoned and the
     last checkpoint on disk is left as it was (``interrupted`` is True).
@@ -158,25 +161,32 @@ def train(
         model.class_names = fit_class_names(dataset.CLASSES, model.cfg.num_classes, "the dataset")
     backend = default_backend() if backend is None else backend
 
+    checkpoint = os.path.join(out_dir, CHECKPOINT)
     logs = RunLogs(out_dir, start)
     bar = _progress(progress, start, settings.steps)
     step, interrupted, metrics, seconds = start, False, None, 0.0
+    workers = None
     try:
+        if settings.workers > 1 or address is not None:
+            from .distributed import RayWorkers
+
+            workers = RayWorkers(model, dataset, settings, backend, address)
         with use_backend(backend):
             while step < settings.steps:
                 tic = time.perf_counter()
-                batch = batch_at(dataset, step, settings.batch_size, settings.seed, settings.hflip)
                 lr = optimizer.lr
-                losses, total = _step(model, optimizer, *batch, step)
+                if workers is None:
+                    losses, total, times = _step(model, optimizer, dataset, settings, step)
+                else:
+                    losses, total, times = workers.step(model, optimizer, step, checkpoint)
                 step += 1
                 took = time.perf_counter() - tic
                 seconds += took
-                logs.write_step(step, lr, losses, total, took)
+                logs.write_step(step, lr, losses, total, took, times)
                 if bar is not None:
                     bar.set_postfix({_SHORT[k]: f"{losses[k]:.3f}" for k in LOSS_NAMES})
                     bar.update(1)
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
-                    checkpoint = os.path.join(out_dir, CHECKPOINT)
                     save_training_state(checkpoint, model, optimizer, step, settings)
                 evaluate_now = settings.eval_every and step % settings.eval_every == 0
                 if eval_dataset is not None and (evaluate_now or step == settings.steps):
@@ -186,6 +196,8 @@ def train(
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        if workers is not None:
+            workers.close()
         if bar is not None:
             bar.close()
         logs.close()
@@ -199,11 +211,13 @@ def _open_run(cfg, out_dir, settings, resume):
     checkpoint = os.path.join(out_dir, CHECKPOINT)
     if resume:
         model, optimizer, start, saved = load_training_state(checkpoint)
+        # Nothing in a checkpoint depends on the worker count, so a run resumes on any.
         settings = dataclasses.replace(
             saved,
             steps=settings.steps,
             checkpoint_every=settings.checkpoint_every,
             eval_every=settings.eval_every,
+            workers=settings.workers,
         )
         return model, optimizer, start, settings
     if cfg is None:
@@ -227,19 +241,18 @@ def _datasets(dataset, eval_dataset, settings, image_size):
     return dataset, eval_dataset or None
 
 
-def _step(model, optimizer, images, targets, step):
-    """One optimizer step on a batch; returns (losses, their sum)."""
+def _step(model, optimizer, dataset, settings, step):
+    """One optimizer step on the batch of ``step``, in this process; returns (losses,
+    their sum, StepTime)."""
+    tic = time.perf_counter()
+    images, targets = batch_at(dataset, step, settings.batch_size, settings.seed, settings.hflip)
     losses = model(images, targets)
-    total = sum(losses.values())
-    if not np.isfinite(total):
-        raise FloatingPointError(
-            f"training diverged at step {step}: losses {losses}; lower the "
-            f"learning rate (now {optimizer.lr:g}) or lengthen the warm-up"
-        )
+    total = check_finite(losses, step, optimizer)
     model.backward()
+    computed = time.perf_counter()
     optimizer.step()
     optimizer.zero_grad()
-    return losses, total
+    return losses, total, StepTime(computed - tic, 0.0, time.perf_counter() - computed)
 
 
 def evaluate_model(model, dataset, batch_size=8, iou_types=("bbox", "segm")):

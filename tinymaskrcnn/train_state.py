@@ -61,6 +61,8 @@ class TrainSettings:
         when eval_images > 0)
     eval_images: size of the held-out shapes set; 0 skips evaluation
     eval_seed: seed of the held-out shapes set
+    workers: processes that share each step's batch (data parallelism on Ray, needs
+        the [distributed] extra); 1 trains in this process. Any count resumes a run.
     """
 
     steps: int = 3600
@@ -79,9 +81,10 @@ class TrainSettings:
     eval_every: int = 0
     eval_images: int = 200
     eval_seed: int = 12345
+    workers: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "checkpoint_every", "train_images"):
+        for name in ("steps", "batch_size", "checkpoint_every", "train_images", "workers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
@@ -89,6 +92,11 @@ class TrainSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer; got {value!r}")
+        if self.workers > self.batch_size:
+            raise ValueError(
+                f"workers ({self.workers}) must not exceed batch_size ({self.batch_size}): "
+                "each worker takes at least one image of a step"
+            )
         if not self.lr > 0:
             raise ValueError(f"lr must be positive; got {self.lr!r}")
         if self.milestones is None:
@@ -106,6 +114,17 @@ class TrainSettings:
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(unknown)}")
         return cls(**data)
+
+
+def check_finite(losses, step, optimizer) -> float:
+    """The sum of the five ``losses``, or FloatingPointError when it is not finite."""
+    total = sum(losses.values())
+    if not np.isfinite(total):
+        raise FloatingPointError(
+            f"training diverged at step {step}: losses {losses}; lower the "
+            f"learning rate (now {optimizer.lr:g}) or lengthen the warm-up"
+        )
+    return total
 
 
 def make_optimizer(model, settings: TrainSettings) -> nn.SGD:

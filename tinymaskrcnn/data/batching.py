@@ -5,8 +5,9 @@ Shapes used below:
     G:    objects of one image
     B:    images in a batch
 
-Training (train.py ``batch_at``) draws each batch's images and flips from the run's
-generator. Images keep their own sizes in a batch (a list, not one array): resizing
+``examples_at`` picks the images of given positions of a run's sequence of epochs and
+flips them (train.py ``batch_at`` takes a step's positions, each data-parallel worker
+its share of them). Images keep their own sizes in a batch (a list, not one array): resizing
 and padding them into one (B, 3, H, W) array is the model's transform (transform.py),
 as in torchvision, so that boxes stay in each image's own pixels until then.
 """
@@ -34,3 +35,27 @@ def flip_horizontal(image, target):
     ).astype(boxes.dtype)
     flipped["masks"] = np.ascontiguousarray(np.asarray(target["masks"])[..., ::-1])
     return np.ascontiguousarray(image[..., ::-1]), flipped
+
+
+def examples_at(dataset, positions, seed, hflip=True):
+    """(images, targets) at ``positions`` (ints) of the epochs laid end to end.
+
+    Epoch e visits ``dataset`` in the order of
+    ``np.random.default_rng([seed, e]).permutation(len(dataset))`` and flips the image at
+    each position with probability 0.5 (the same generator, after the permutation).
+    """
+    n = len(dataset)
+    images, targets = [], []
+    epochs = {}
+    for position in positions:
+        epoch, k = divmod(position, n)
+        if epoch not in epochs:
+            rng = np.random.default_rng([seed, epoch])
+            epochs[epoch] = (rng.permutation(n), rng.random(n) < 0.5)
+        order, flips = epochs[epoch]
+        image, target = dataset[int(order[k])]
+        if hflip and flips[k]:
+            image, target = flip_horizontal(image, target)
+        images.append(image)
+        targets.append(target)
+    return images, targets

@@ -1,0 +1,216 @@
+"""Data-parallel training (distributed.py): the N-worker step is the one-process step,
+on replicas in this process and on a 2-worker local Ray cluster; a killed worker fails
+the step cleanly and the run resumes on any worker count."""
+
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+from tiny_model import tiny_config
+
+from tinymaskrcnn.data.shapes import ShapesDataset
+from tinymaskrcnn.distributed import RayWorkers, Replica, WorkerLost, data_parallel_step, shares
+from tinymaskrcnn.model import LOSS_NAMES, MaskRCNN
+from tinymaskrcnn.run_folder import CHECKPOINT, LOG, read_log
+from tinymaskrcnn.train import batch_at, train
+from tinymaskrcnn.train_state import TrainSettings, load_training_state
+
+SEED = 3
+
+
+def exact_config(**overrides):
+    """No batch statistics and samplers that take every candidate (per image batch sizes
+    far above the anchors and RoIs there are), so that a step has no randomness and
+    splitting the batch can change nothing but rounding."""
+    base = dict(
+        anchor_sizes=((4,), (8,), (16,), (32,), (64,)),
+        norm_layer="frozen_batch_norm",
+        rpn_batch_size_per_image=10**6,
+        box_batch_size_per_image=10**6,
+    )
+    return tiny_config(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ShapesDataset(6, image_size=64, seed=5)
+
+
+class RecordingSGD:
+    """Stands in for nn.SGD: keeps the gradients the driver hands it instead of stepping."""
+
+    lr = 0.01
+
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def step(self):
+        named = self.model.named_parameters()
+        self.grads = {n: p.grad.copy() for n, p in named if p.grad is not None}
+
+    def zero_grad(self):
+        self.model.zero_grad()
+
+
+class InProcessWorkers:
+    """data_parallel_step's ``workers`` with Replicas in this process instead of actors."""
+
+    def __init__(self, replicas):
+        self.replicas, self.count = replicas, len(replicas)
+
+    def put(self, value):
+        return value
+
+    def call(self, method, args):
+        return [getattr(r, method)(*a) for r, a in zip(self.replicas, args, strict=True)]
+
+
+def float64_model(cfg):
+    return MaskRCNN(cfg, rng=np.random.default_rng(0)).astype(np.float64).train()
+
+
+def one_process_step(cfg, data, batch_size, step=1):
+    """(losses, gradients) of one process on the whole batch of ``step``."""
+    model = float64_model(cfg)
+    losses = model(*batch_at(data, step, batch_size, SEED))
+    model.backward()
+    return losses, {n: p.grad.copy() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same_step(losses, grads, expected_losses, expected_grads):
+    for name in LOSS_NAMES:
+        np.testing.assert_allclose(losses[name], expected_losses[name], rtol=1e-12, err_msg=name)
+    assert grads.keys() == expected_grads.keys()
+    for name, g in expected_grads.items():
+        scale = np.abs(g).max()
+        assert np.abs(grads[name] - g).max() <= 1e-12 * scale, name
+
+
+def test_a_batch_is_shared_as_evenly_as_possible():
+    assert shares(10, 3) == [range(0, 4), range(4, 7), range(7, 10)]
+    assert shares(4, 4) == [range(i, i + 1) for i in range(4)]
+
+
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
+    from tinymaskrcnn.distributed import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what a missing package looks like
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[distributed\]"'):
+        import_ray()
+
+
+def test_more_workers_than_images_is_refused():
+    with pytest.raises(ValueError, match=r"workers \(3\) must not exceed batch_size \(2\)"):
+        TrainSettings(batch_size=2, workers=3)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_n_workers_sum_to_the_one_process_gradient(data, workers):
+    # 5 images: 5, 3 + 2 and 2 + 2 + 1 per worker; the workers sample different numbers
+    # of anchors, RoIs and positives, which only the per-loss factors make exact.
+    cfg, batch_size = exact_config(), 5
+    expected = one_process_step(cfg, data, batch_size)
+    replicas = [
+        Replica(cfg, data, SEED, True, batch_size, "numpy", "float64") for _ in range(workers)
+    ]
+    model = float64_model(cfg)
+    optimizer = RecordingSGD(model)
+    losses, total, times = data_parallel_step(
+        InProcessWorkers(replicas), model, optimizer, 1, batch_size
+    )
+    assert_same_step(losses, optimizer.grads, *expected)
+    assert total == pytest.approx(sum(expected[0].values()), rel=1e-12)
+    assert min(times.compute, times.update) > 0
+
+
+def test_weighting_by_images_alone_would_not_be_exact(data):
+    # The reason for the per-loss factors: two workers whose shares sample different
+    # numbers of RoIs, weighted 3/5 and 2/5, miss the one-process loss.
+    cfg, batch_size = exact_config(), 5
+    expected_losses, _ = one_process_step(cfg, data, batch_size)
+    parts = shares(batch_size, 2)
+    per_worker = [
+        Replica(cfg, data, SEED, True, batch_size, "numpy", "float64").forward(
+            float64_model(cfg).state_dict(), 1, part
+        )
+        for part in parts
+    ]
+    pairs = zip(parts, per_worker, strict=True)
+    by_images = sum(len(p) / batch_size * f[0]["loss_mask"] for p, f in pairs)
+    counts = [f[1]["positive_rois"] for f in per_worker]
+    assert counts[0] * len(parts[1]) != counts[1] * len(parts[0])
+    assert abs(by_images - expected_losses["loss_mask"]) > 1e-9
+
+
+# --- on a local Ray cluster ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    try:
+        import ray
+    except ImportError:
+        print("tests/test_distributed.py: ray is not installed (pip install -e '.[distributed]')")
+        pytest.skip("ray is not installed: pip install -e '.[distributed]'")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # Workers unpickle this module's classes (the dataset below) by value: they cannot
+    # import a test module.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray
+    ray.shutdown()
+
+
+def test_two_ray_workers_make_the_one_process_step(ray_cluster, data):
+    cfg, batch_size = exact_config(), 3
+    expected = one_process_step(cfg, data, batch_size)
+    model = float64_model(cfg)
+    settings = TrainSettings(batch_size=batch_size, workers=2, seed=SEED)
+    workers = RayWorkers(model, data, settings, "numpy")
+    try:
+        assert {where[2] for where in workers.where} == {
+            os.path.dirname(sys.modules["tinymaskrcnn"].__file__)
+        }
+        optimizer = RecordingSGD(model)
+        losses, _, times = workers.step(model, optimizer, 1, "nowhere")
+    finally:
+        workers.close()
+    assert_same_step(losses, optimizer.grads, *expected)
+    assert times.transfer > 0
+
+
+class DiesAt:
+    """A dataset whose image ``index`` kills the worker process that reads it."""
+
+    def __init__(self, dataset, index):
+        self.dataset, self.index, self.driver = dataset, index, os.getpid()
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if i == self.index and os.getpid() != self.driver:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.dataset[i]
+
+
+def test_a_killed_worker_fails_its_step_and_the_run_resumes_on_another_count(
+    ray_cluster, tmp_path, data
+):
+    cfg = tiny_config(anchor_sizes=((4,), (8,), (16,), (32,), (64,)))
+    settings = dict(steps=4, batch_size=2, lr=0.01, warmup_iters=0, seed=SEED, checkpoint_every=2)
+    # Step 3 (0-based 2) reads positions 4 and 5 of epoch 0; worker 1 takes position 5.
+    doomed = int(np.random.default_rng([SEED, 0]).permutation(len(data))[5])
+    with pytest.raises(WorkerLost, match=r"worker 1 of 2 \(pid \d+ on .*\) died during step 3"):
+        train(cfg, tmp_path, TrainSettings(**settings, workers=2), dataset=DiesAt(data, doomed),
+              eval_dataset=False, backend="numpy", progress=False)  # fmt: skip
+    assert load_training_state(tmp_path / CHECKPOINT)[2] == 2
+    np.testing.assert_array_equal(read_log(tmp_path / LOG)["step"], [1, 2])
+
+    result = train(None, tmp_path, TrainSettings(**settings, workers=1), resume=True,
+                   dataset=data, eval_dataset=False, backend="numpy", progress=False)  # fmt: skip
+    assert result.step == 4
+    log = read_log(tmp_path / LOG)
+    np.testing.assert_array_equal(log["step"], [1, 2, 3, 4])
+    assert (log["transfer"][:2] > 0).all() and (log["transfer"][2:] == 0).all()

@@ -1,0 +1,350 @@
+"""Data-parallel training on Ray: N workers share every step's batch
+(docs/architecture.md, Training on many cores or machines).
+
+Each worker is a Ray actor holding a model replica. One step of B images on N workers:
+
+    driver     weights = ray.put(model.state_dict())           # one copy in Ray's store
+    worker w   losses_w, counts_w = forward(weights, its share of the batch)
+    driver     factors_w = counts_w / sum of counts, per loss   # see below
+    worker w   grads_w = backward(factors_w)                    # of sum_k factor_wk loss_wk
+    driver     grad = sum_w grads_w; optimizer.step()           # one SGD step, as in train.py
+
+The batch of a step is ``train.batch_at``'s: worker w builds the images at positions
+``step * B + shares(B, N)[w]`` itself (``data.batching.examples_at``), so only weights
+and gradients travel, and the batch is the same whatever N.
+
+**Why the factors.** torchvision normalises each loss over the whole batch's samples, not
+per image (docs/architecture.md, Losses): the RPN's two losses divide by S, the sampled
+anchors of all images; the box head's two by K, the sampled RoIs; the mask loss by
+P * 28 * 28, P the positive RoIs. A worker alone divides by its own S_w, K_w, P_w, so
+with L_w its loss over its share,
+
+    L = (1 / S) sum over the batch's anchors = sum_w (S_w / S) L_w      (and K, P alike)
+
+and the one-process gradient is the sum over workers of the gradient of
+``sum_k factor_wk * loss_wk`` with factor ``S_w / S`` for the RPN's losses, ``K_w / K``
+for the box head's and ``P_w / P`` for the mask loss (0 when the batch has none). Weights
+by images (B_w / B) would be exact only when every image samples as many anchors, RoIs
+and positives, which the mask loss's positives almost never do. The counts are known only
+after every worker's forward, hence the two calls per step. Summed this way an N-worker
+step equals the one-process step to float rounding (tests/test_distributed.py: 1e-12
+relative in float64) when three things hold:
+
+- no batch statistics: with ``norm_layer="batch_norm"`` (the shapes preset) each worker
+  normalises over its own share, as torch's DistributedDataParallel does without
+  SyncBatchNorm, so the gradient is that of a slightly different function; the running
+  statistics the driver keeps are the image-weighted mean of the workers' (exact for the
+  running mean of equal-sized images; the running variance misses the spread between
+  shares' means);
+- the same samples: the anchor and RoI samplers draw from a generator per worker and
+  step, ``np.random.default_rng([seed, step, first position of the share])``, so a run is
+  reproducible for a given N, and a run resumed with another N continues exactly as a run
+  with that N would (nothing about the workers is in the checkpoint), but different N
+  draw different (equally distributed) samples; with samplers that take every candidate
+  (batch sizes per image above the candidates) N changes nothing;
+- the same padding: the transform pads a share to its own largest image, so with images
+  of different sizes a worker may see fewer padded anchors than the whole batch would
+  (shapes images are all one size).
+
+**Costs.** Per step the driver sends the weights (4 bytes per parameter in float32) to
+each worker and receives as many bytes of gradient from each; ``StepTime`` logs the
+slowest worker's compute, the rest of the wall time of the two calls (transfer and
+waiting) and the driver's update. README, "Training on many cores or machines", has the
+measured numbers and the worker count where the driver's link becomes the bottleneck.
+
+Shapes used below:
+    B: images per step      N: workers      B_w: images of worker w (sum_w B_w = B)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import numpy as np
+
+from .data.batching import examples_at
+from .kernels import use_backend
+from .model import LOSS_NAMES, MaskRCNN
+from .run_folder import StepTime
+from .train_state import check_finite
+
+# Which sample count normalises each loss (the module docstring's S, K and P).
+LOSS_COUNTS = {
+    "loss_objectness": "sampled_anchors",
+    "loss_rpn_box_reg": "sampled_anchors",
+    "loss_classifier": "sampled_rois",
+    "loss_box_reg": "sampled_rois",
+    "loss_mask": "positive_rois",
+}
+
+# One core per worker: Ray places each actor on one CPU, and more threads than cores per
+# process only make the workers of a machine steal from each other.
+_ONE_THREAD = {
+    name: "1"
+    for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+}
+
+
+def import_ray():
+    """The ``ray`` module, or ImportError saying how to install it."""
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError(
+            'training with --workers needs Ray: pip install -e ".[distributed]" '
+            f"(or pip install 'ray>=2.9'); importing it failed: {err}"
+        ) from err
+    return ray
+
+
+class WorkerLost(RuntimeError):
+    """A worker died (its process was killed, its machine went away) during a step."""
+
+
+def shares(batch_size: int, workers: int) -> list[range]:
+    """The positions within a batch that each worker takes: as even as possible, the
+    first ``batch_size % workers`` workers one image more (10 on 3: 4, 3, 3)."""
+    if not 1 <= workers <= batch_size:
+        raise ValueError(f"workers must be in [1, batch_size={batch_size}]; got {workers}")
+    size, extra = divmod(batch_size, workers)
+    bounds = np.cumsum([0] + [size + (w < extra) for w in range(workers)])
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+# --- a worker ------------------------------------------------------------------------
+
+
+class Replica:
+    """One worker's model and data: the body of a Ray actor (``ray.remote(Replica)``), and
+    an ordinary object in one process (the tests use it so).
+
+    cfg: the MaskRCNNConfig; dataset: ``ds[i] -> (image, target)``, the run's training
+    set (sent to the worker once, so on other machines its files must be at the same
+    paths); seed, hflip, batch_size: the TrainSettings fields that make a batch;
+    backend: the kernels' backend; dtype: of the parameters ("float32", or "float64" for
+    the equality test).
+    """
+
+    def __init__(self, cfg, dataset, seed, hflip, batch_size, backend, dtype="float32"):
+        self.model = MaskRCNN(cfg, rng=np.random.default_rng(0)).train()
+        if np.dtype(dtype) != np.float32:
+            self.model.astype(np.dtype(dtype))
+        self.dataset, self.seed, self.hflip = dataset, seed, hflip
+        self.batch_size, self.backend = batch_size, backend
+
+    def where(self) -> tuple[str, int, str]:
+        """(host name, process id, path of the tinymaskrcnn package it runs)."""
+        import tinymaskrcnn
+
+        return socket.gethostname(), os.getpid(), os.path.dirname(tinymaskrcnn.__file__)
+
+    def forward(self, state, step: int, share: range):
+        """Load ``state`` (the driver's state_dict) and run the training forward on the
+        images at ``share`` of step ``step``'s batch.
+
+        Returns (losses: LOSS_NAMES -> float over this share, counts: LOSS_COUNTS' names
+        -> int, seconds).
+        """
+        tic = time.perf_counter()
+        self.model.load_state_dict(state)
+        self.model.zero_grad()
+        self.model.rng = np.random.default_rng([self.seed, step, share.start])
+        first = step * self.batch_size
+        positions = range(first + share.start, first + share.stop)
+        images, targets = examples_at(self.dataset, positions, self.seed, self.hflip)
+        counts = {}
+
+        def count(stage, **arrays):
+            if stage == "matching":
+                pairs = zip(arrays["positive"], arrays["negative"], strict=True)
+                counts["sampled_anchors"] = sum(int((p | n).sum()) for p, n in pairs)
+            elif stage == "roi_features":
+                counts["sampled_rois"] = len(arrays["labels"])
+            elif stage == "mask_logits":
+                counts["positive_rois"] = len(arrays["labels"])
+
+        with use_backend(self.backend):
+            losses = self.model(images, targets, trace=count)
+        return losses, counts, time.perf_counter() - tic
+
+    def backward(self, loss_weights: dict):
+        """The gradient of ``sum_k loss_weights[k] * loss_k`` of the last forward.
+
+        Returns (grads: parameter name -> array, for those that got one; buffers: every
+        buffer by name (batch-norm statistics); seconds).
+        """
+        tic = time.perf_counter()
+        with use_backend(self.backend):
+            self.model.backward(loss_weights)
+        grads = {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None}
+        buffers = dict(self.model.named_buffers())
+        return grads, buffers, time.perf_counter() - tic
+
+
+# --- the driver's arithmetic ------------------------------------------------------------
+
+
+def loss_factors(counts: list[dict]) -> list[dict]:
+    """Each worker's ``loss_weights``: its share of the batch's count behind each loss
+    (the module docstring), 0 where the whole batch has none."""
+    totals = {name: sum(c.get(name, 0) for c in counts) for name in set(LOSS_COUNTS.values())}
+    return [
+        {
+            loss: (c.get(name, 0) / totals[name] if totals[name] else 0.0)
+            for loss, name in LOSS_COUNTS.items()
+        }
+        for c in counts
+    ]
+
+
+def combine_losses(losses: list[dict], factors: list[dict]) -> dict:
+    """The whole batch's five losses from the workers' (LOSS_NAMES -> float)."""
+    pairs = list(zip(losses, factors, strict=True))
+    return {k: float(sum(f[k] * loss[k] for loss, f in pairs)) for k in LOSS_NAMES}
+
+
+def sum_gradients(grads: list[dict]) -> dict:
+    """name -> the sum of the workers' gradients of that parameter (those that have one)."""
+    total = {}
+    for worker in grads:
+        for name, g in worker.items():
+            total[name] = g.copy() if name not in total else total[name] + g
+    return total
+
+
+def merge_buffers(buffers: list[dict], images: list[int]) -> dict:
+    """The buffers the driver keeps: where the workers agree (frozen statistics, counters)
+    their common value; else the mean weighted by images (batch-norm running statistics,
+    the module docstring)."""
+    merged = {}
+    for name, first in buffers[0].items():
+        values = [b[name] for b in buffers]
+        same = all(np.array_equal(v, first) for v in values[1:])
+        if same or not np.issubdtype(first.dtype, np.floating):
+            merged[name] = first
+        else:
+            mean = sum(n * v.astype(np.float64) for n, v in zip(images, values, strict=True))
+            merged[name] = (mean / sum(images)).astype(first.dtype)
+    return merged
+
+
+def data_parallel_step(workers, model, optimizer, step: int, batch_size: int):
+    """One SGD step of ``model`` on the batch of ``step`` shared by ``workers``.
+
+    workers: has ``count`` (N), ``put(value) -> handle`` (shared by every worker) and
+    ``call(method, args per worker) -> results per worker`` of Replica's methods.
+    Returns (losses, their sum, StepTime), as train.py's one-process step.
+    """
+    tic = time.perf_counter()
+    parts = shares(batch_size, workers.count)
+    weights = workers.put(model.state_dict())
+    forwards = workers.call("forward", [(weights, step, part) for part in parts])
+    factors = loss_factors([counts for _, counts, _ in forwards])
+    losses = combine_losses([losses for losses, _, _ in forwards], factors)
+    total = check_finite(losses, step, optimizer)
+    backwards = workers.call("backward", [(f,) for f in factors])
+    computed = time.perf_counter()
+
+    grads = sum_gradients([g for g, _, _ in backwards])
+    for name, p in model.named_parameters():
+        p.grad = grads.get(name)
+    optimizer.step()
+    optimizer.zero_grad()
+    images = [len(part) for part in parts]
+    model.load_state_dict(merge_buffers([b for _, b, _ in backwards], images), strict=False)
+
+    compute = max(s for _, _, s in forwards) + max(s for _, _, s in backwards)
+    times = StepTime(compute, computed - tic - compute, time.perf_counter() - computed)
+    return losses, total, times
+
+
+# --- the workers on Ray ---------------------------------------------------------------
+
+
+class RayWorkers:
+    """``settings.workers`` Replica actors on a Ray cluster, for train.py's loop.
+
+    address: None starts a local cluster of ``workers`` CPUs (shut down again by
+    ``close``, Ctrl-C included); an address (``ray start --head`` prints it, "auto" finds
+    a running one) joins that cluster, whose machines need tinymaskrcnn installed. A Ray
+    already initialised in this process (``ray.init`` by the caller) is used as it is.
+    """
+
+    def __init__(self, model, dataset, settings, backend, address=None):
+        ray = import_ray()
+        self._ray = ray
+        self.count = settings.workers
+        self.batch_size = settings.batch_size
+        self._owns_ray = not ray.is_initialized()
+        self.actors = []
+        try:
+            if self._owns_ray:
+                options = dict(include_dashboard=False, logging_level=logging.WARNING)
+                if address is None:
+                    ray.init(num_cpus=self.count, **options)
+                else:
+                    ray.init(address=address, **options)
+            # Workers import the same tinymaskrcnn as this process (a checkout run in place
+            # included), one thread each.
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+            env = {**_ONE_THREAD, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": path}
+            actor = ray.remote(Replica).options(
+                num_cpus=1, max_restarts=0, runtime_env={"env_vars": env}
+            )
+            dtype = str(next(iter(model.parameters())).data.dtype)
+            s = settings
+            self.actors = [
+                actor.remote(model.cfg, dataset, s.seed, s.hflip, s.batch_size, backend, dtype)
+                for _ in range(self.count)
+            ]
+            self.where = self.call("where", [()] * self.count)
+        except BaseException:
+            self.close()
+            raise
+        self._context = ""
+
+    def put(self, value):
+        return self._ray.put(value)
+
+    def call(self, method: str, args: list[tuple]) -> list:
+        """Run Replica.``method`` on every worker (``args[w]`` for worker w) and wait for
+        all; a dead worker raises WorkerLost naming it."""
+        refs = [getattr(a, method).remote(*x) for a, x in zip(self.actors, args, strict=True)]
+        results = []
+        for w, ref in enumerate(refs):
+            try:
+                results.append(self._ray.get(ref))
+            except self._ray.exceptions.RayActorError as err:
+                where = getattr(self, "where", None)
+                at = f" (pid {where[w][1]} on {where[w][0]})" if where else ""
+                reason = str(err).strip().splitlines()[0]
+                raise WorkerLost(
+                    f"worker {w} of {self.count}{at} died{self._context}: {reason}"
+                ) from None
+        return results
+
+    def step(self, model, optimizer, step: int, checkpoint: str):
+        """train.py's step on the workers: (losses, their sum, StepTime)."""
+        kept = (
+            f"{checkpoint} holds the last checkpoint, untouched: continue with --resume "
+            "(any --workers)"
+            if os.path.exists(checkpoint)
+            else "no checkpoint had been written yet"
+        )
+        self._context = f" during step {step + 1}; the step is abandoned and {kept}. Ray said"
+        return data_parallel_step(self, model, optimizer, step, self.batch_size)
+
+    def close(self):
+        """Stop the workers, and the local cluster when this object started it."""
+        for a in self.actors:
+            try:
+                self._ray.kill(a)
+            except Exception:  # already dead: nothing to stop
+                pass
+        self.actors = []
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
