@@ -131,21 +131,23 @@ def winograd_weights(w, dtype):
 
 
 @njit(parallel=True, cache=True)
-def _winograd_input(x, ph, pw, ty0, ty1, tw, v):
-    # x (C, H, W) one image -> v (16, C, (ty1 - ty0) * tw): B^T d B of every tile.
-    channels, h, w = x.shape
+def _winograd_input(x, ph, pw, g0, g1, th, tw, v):
+    # x (N, C, H, W) -> v (16, C, (g1 - g0) * tw): B^T d B of every tile of the tile rows
+    # g0 .. g1 - 1, numbered through the batch (row g: image g // th, tile row g % th).
+    _, channels, h, w = x.shape
     wb = 2 * tw + 2  # input columns under a row of tiles, padding included
     for c in prange(channels):
         rows = np.empty((4, wb), x.dtype)
         comb = np.empty((4, wb), x.dtype)
         j0, j1 = min(pw, wb), min(wb, w + pw)  # buffer columns that hold image columns
-        for ty in range(ty0, ty1):
+        for g in range(g0, g1):
+            n, ty = g // th, g % th
             for i in range(4):
                 src = 2 * ty - ph + i
                 rows[i, :j0] = 0
                 rows[i, j1:] = 0
                 if 0 <= src < h and j1 > j0:
-                    rows[i, j0:j1] = x[c, src, : j1 - pw]
+                    rows[i, j0:j1] = x[n, c, src, : j1 - pw]
                 else:
                     rows[i, j0:j1] = 0
             # B^T d: the four row combinations, for every column at once.
@@ -155,7 +157,7 @@ def _winograd_input(x, ph, pw, ty0, ty1, tw, v):
                 comb[2, j] = rows[2, j] - rows[1, j]
                 comb[3, j] = rows[1, j] - rows[3, j]
             # (B^T d) B: the same combinations of each tile's four columns.
-            base = (ty - ty0) * tw
+            base = (g - g0) * tw
             for a in range(4):
                 for t in range(tw):
                     q0, q1 = comb[a, 2 * t], comb[a, 2 * t + 1]
@@ -167,13 +169,14 @@ def _winograd_input(x, ph, pw, ty0, ty1, tw, v):
 
 
 @njit(parallel=True, cache=True)
-def _winograd_output(m, bias, ty0, ty1, tw, y):
-    # m (16, O, (ty1 - ty0) * tw) -> y (O, Ho, Wo) rows 2 ty0 .. : A^T m A + bias.
-    outs, ho, wo = y.shape
+def _winograd_output(m, bias, g0, g1, th, tw, y):
+    # m (16, O, (g1 - g0) * tw) -> y (N, O, Ho, Wo) under tile rows g0 .. g1 - 1: A^T m A + bias.
+    _, outs, ho, wo = y.shape
     for o in prange(outs):
         b = bias[o]
-        for ty in range(ty0, ty1):
-            base = (ty - ty0) * tw
+        for g in range(g0, g1):
+            n, ty = g // th, g % th
+            base = (g - g0) * tw
             r0, r1 = 2 * ty, 2 * ty + 1
             for t in range(tw):
                 k = base + t
@@ -187,13 +190,13 @@ def _winograd_output(m, bias, ty0, ty1, tw, y):
                 s12 = m[6, o, k] - m[10, o, k] - m[14, o, k]
                 s13 = m[7, o, k] - m[11, o, k] - m[15, o, k]
                 c0, c1 = 2 * t, 2 * t + 1
-                y[o, r0, c0] = s00 + s01 + s02 + b
+                y[n, o, r0, c0] = s00 + s01 + s02 + b
                 if c1 < wo:
-                    y[o, r0, c1] = s01 - s02 - s03 + b
+                    y[n, o, r0, c1] = s01 - s02 - s03 + b
                 if r1 < ho:
-                    y[o, r1, c0] = s10 + s11 + s12 + b
+                    y[n, o, r1, c0] = s10 + s11 + s12 + b
                     if c1 < wo:
-                        y[o, r1, c1] = s11 - s12 - s13 + b
+                        y[n, o, r1, c1] = s11 - s12 - s13 + b
 
 
 def winograd_applies(x, weight, stride, dilation, groups) -> bool:
@@ -222,18 +225,18 @@ def conv2d(x, weight, bias, stride, padding, dilation, groups):
     u = winograd_weights(weight, x.dtype)
     b = np.zeros(o, x.dtype) if bias is None else np.asarray(bias, dtype=x.dtype).reshape(o)
     per_row = 16 * (c + o) * tw * x.itemsize
-    band = max(1, min(th, WINOGRAD_BAND_BYTES // per_row))
+    rows = n * th  # tile rows through the whole batch: small images share a band
+    band = max(1, min(rows, WINOGRAD_BAND_BYTES // per_row))
     v_buf = np.empty(16 * c * band * tw, x.dtype)
     m_buf = np.empty(16 * o * band * tw, x.dtype)
+    x = np.ascontiguousarray(x)
     y = np.empty((n, o, ho, wo), x.dtype)
-    for i in range(n):
-        xi = np.ascontiguousarray(x[i])
-        for ty0 in range(0, th, band):
-            ty1 = min(th, ty0 + band)
-            nt = (ty1 - ty0) * tw
-            v = v_buf[: 16 * c * nt].reshape(16, c, nt)
-            m = m_buf[: 16 * o * nt].reshape(16, o, nt)
-            _winograd_input(xi, ph, pw, ty0, ty1, tw, v)
-            np.matmul(u, v, out=m)
-            _winograd_output(m, b, ty0, ty1, tw, y[i])
+    for g0 in range(0, rows, band):
+        g1 = min(rows, g0 + band)
+        nt = (g1 - g0) * tw
+        v = v_buf[: 16 * c * nt].reshape(16, c, nt)
+        m = m_buf[: 16 * o * nt].reshape(16, o, nt)
+        _winograd_input(x, ph, pw, g0, g1, th, tw, v)
+        np.matmul(u, v, out=m)
+        _winograd_output(m, b, g0, g1, th, tw, y)
     return y
