@@ -5,8 +5,10 @@
 
 1. Inference: ResNet-50-FPN (frozen batch norm) forward on one 800 x 1216 image, the
    same seeded weights loaded into ours and into torchvision's ``resnet_fpn_backbone``;
-   the outputs are compared too. Peak memory of our forward: NumPy's allocations traced
-   by tracemalloc, and the process's maximum resident size before torch is imported.
+   the outputs are compared too. Accuracy: each float32 output's distance from a float64
+   run of our NumPy reference on the same weights, torchvision's beside ours. Peak
+   memory: NumPy's allocations of one forward (tracemalloc), and each process's maximum
+   resident size (ours before torch is imported; torchvision's child's own).
 2. Training: forward + backward of the shapes model's backbone (ResNet-18 at width
    0.25, batch norm, every stage trained, 64 FPN channels) on a batch of 2 x 128 x 128.
 
@@ -58,6 +60,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small image (a smoke run)")
     parser.add_argument("--threads", type=int, default=2, help="threads for BLAS, Numba, torch")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    parser.add_argument("--backends", nargs="+", help="ours to time (default: every available)")
     parser.add_argument("--torchvision-only", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     _set_threads(args.threads)
@@ -71,6 +74,7 @@ def main(argv=None):
     from tinymaskrcnn.kernels import available_backends, use_backend
 
     backends = [b for b in available_backends() if b != "cuda" or _real_gpu()]
+    backends = [b for b in backends if b in (args.backends or backends)]
     size = (256, 384) if args.quick else (800, 1216)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} threads"
     print(f"machine: {machine}; python {platform.python_version()}, numpy {np.__version__}")
@@ -89,13 +93,19 @@ def main(argv=None):
             outputs[backend] = model(x)
         print(f"   tinymaskrcnn {backend:6s} median {ours[backend][0]:7.3f} s, "
               f"best {ours[backend][1]:7.3f} s")  # fmt: skip
-    tracemalloc.start()
-    model(x)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    print(f"   peak memory of one forward (NumPy arrays, tracemalloc): {peak / 2**30:.2f} GiB")
+    for backend in backends:
+        with use_backend(backend):
+            tracemalloc.start()
+            model(x)
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        print(f"   peak memory of one forward, {backend} (NumPy arrays, tracemalloc): "
+              f"{peak / 2**30:.2f} GiB")  # fmt: skip
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB on Linux
     print(f"   process max resident size (weights, interpreter, every run): {rss:.2f} GiB")
+    # The truth for accuracy: the NumPy reference in float64 on the same weights and image.
+    with use_backend("numpy"):
+        exact = model(x.astype(np.float64))
 
     # torchvision runs in a child process with its own untouched OpenMP settings (this
     # process sets OMP_WAIT_POLICY=PASSIVE for Numba, see kernels/numba_conv.py), on the
@@ -119,13 +129,17 @@ def main(argv=None):
             result = np.load(out)
             t_tv, best_tv = result["time"]
             print(f"   torchvision CPU     median {t_tv:7.3f} s, best {best_tv:7.3f} s "
-                  f"(torch {result['version']})")  # fmt: skip
+                  f"(torch {result['version']}); its process max resident size "
+                  f"{result['rss'] / 2**20:.2f} GiB")  # fmt: skip
+            theirs = [result[f"P{i}"] for i in range(5)]
+            print(f"   float32 error against our float64 reference (max |diff| / max |P| "
+                  f"over P2..P6): torchvision {_error(theirs, exact):.2e}")  # fmt: skip
             for backend, (t, best) in ours.items():
-                err = max(np.abs(outputs[backend][i] - result[f"P{i}"]).max()
-                          / np.abs(result[f"P{i}"]).max() for i in range(5))  # fmt: skip
+                err = _error(outputs[backend], theirs)
                 print(f"   ours / torchvision, {backend}: {t / t_tv:.2f}x median, "
                       f"{best / best_tv:.2f}x best (ratio torchvision / ours {t_tv / t:.2f}); "
-                      f"max relative difference {err:.1e}")  # fmt: skip
+                      f"max relative difference {err:.1e}; float32 error "
+                      f"{_error(outputs[backend], exact):.2e}")  # fmt: skip
 
     # --- 2. training step of the shapes model's backbone --------------------------------
     small = resnet_fpn_backbone("resnet18", width=0.25, trainable_layers=5, out_channels=64,
@@ -146,6 +160,16 @@ def main(argv=None):
             t, best = median_time(step, args.repeats * 2)
         print(f"   tinymaskrcnn {backend:6s} median {t * 1000:7.1f} ms, best {best * 1000:7.1f} ms")
     return 0
+
+
+def _error(levels, truth):
+    """Largest |levels - truth| relative to the largest |truth|, over the pyramid levels."""
+    import numpy as np
+
+    return max(
+        float(np.abs(a.astype(np.float64) - b).max() / np.abs(b).max())
+        for a, b in zip(levels, truth, strict=True)
+    )
 
 
 def build(quick):
@@ -177,7 +201,8 @@ def torchvision_forward(args):
     with torch.no_grad():
         t = np.array(median_time(lambda: tv(xt), args.repeats))
         outs = {f"P{i}": v.numpy() for i, v in enumerate(tv(xt).values())}
-    np.savez(args.torchvision_only, time=t, version=torch.__version__, **outs)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    np.savez(args.torchvision_only, time=t, version=torch.__version__, rss=rss, **outs)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The convolution kernels (numba_conv.py, cuda_conv.py) equal the NumPy reference.
 
-numba: im2col and col2im on random geometries and row bands, then whole layers run
-under the numba backend. cuda (Numba's simulator; tiny shapes, since the simulator runs
+numba: im2col and col2im on random geometries and row bands, Winograd F(2x2, 3x3) for
+the stride-1 3x3 convolutions (any size and padding, one band or many), then whole
+layers run under the numba backend. cuda (Numba's simulator; tiny shapes, since the simulator runs
 one Python thread per CUDA thread): conv2d and conv2d_backward, NumPy and device arrays.
 """
 
@@ -66,6 +67,59 @@ def test_numba_im2col_writes_into_a_given_buffer():
     np.testing.assert_array_equal(
         cols, reference(conv_mod.im2col, xp, (3, 3), (1, 1), (1, 1), (0, 4))
     )
+
+
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 5), st.integers(1, 11), st.integers(1, 11)),
+    out_channels=st.integers(1, 5),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    bias=st.booleans(),
+    small_bands=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+)
+def test_numba_winograd_conv2d_equals_the_reference(
+    shape, out_channels, padding, bias, small_bands, dtype, seed
+):
+    n, c, h, w = shape
+    if h + 2 * padding[0] < 3 or w + 2 * padding[1] < 3:
+        return  # no output: conv2d rejects it before any kernel runs
+    numba_conv = pytest.importorskip("tinymaskrcnn.kernels.numba_conv")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    wt = rng.standard_normal((out_channels, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(out_channels).astype(dtype) if bias else None
+    expected = reference(nn.conv2d, x, wt, b, 1, padding)
+    with pytest.MonkeyPatch.context() as patch:
+        if small_bands:  # one row of tiles per band: every band boundary is exercised
+            patch.setattr(numba_conv, "WINOGRAD_BAND_BYTES", 1)
+        got = kernels.kernel("conv2d", "numba")(x, wt, b, (1, 1), padding, (1, 1), 1)
+    assert got.dtype == dtype and got.shape == expected.shape
+    # The transforms reorder the sums (4 x 4 tiles of inputs, the 1/2s of G): equal up to
+    # rounding, at the scale of the terms summed.
+    scale = np.abs(x).max() * np.abs(wt).sum(axis=(1, 2, 3)).max() + 1
+    tol = 1e-13 if dtype == np.float64 else 2e-6
+    np.testing.assert_allclose(got, expected, rtol=0, atol=tol * scale)
+
+
+@pytest.mark.parametrize(
+    "kernel_size, stride, dilation, groups",
+    [(1, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 1), (3, 1, 1, 2), (5, 1, 1, 1)],
+)
+def test_numba_conv2d_leaves_other_geometries_to_the_reference(
+    kernel_size, stride, dilation, groups
+):
+    # None tells nn.conv2d to run the reference (on the numba im2col); the result is
+    # still the reference's.
+    rng = np.random.default_rng(kernel_size + stride + dilation + groups)
+    x = rng.standard_normal((1, 4, 12, 12)).astype(np.float32)
+    wt = rng.standard_normal((2, 4 // groups, kernel_size, kernel_size)).astype(np.float32)
+    fast = kernels.kernel("conv2d", "numba")
+    assert fast(x, wt, None, (stride,) * 2, (1, 1), (dilation,) * 2, groups) is None
+    with use_backend("numba"):
+        got = nn.conv2d(x, wt, None, stride, 1, dilation, groups)
+    expected = reference(nn.conv2d, x, wt, None, stride, 1, dilation, groups)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_a_small_backbone_under_numba_equals_the_reference_forward_and_backward():

@@ -9,7 +9,9 @@ this module for it by the op's reference name::
         return fast(boxes1, boxes2)
     ...the reference...
 
-and never looks at which backend is active. Kernels are leaves: the stage validates
+and never looks at which backend is active. A kernel that speeds up only some inputs
+(the numba ``conv2d``: 3x3 stride-1 convolutions) returns None for the others, and the
+stage then runs its reference. Kernels are leaves: the stage validates
 the inputs and computes what is stage logic (NMS's score order, RoIAlign's per-RoI
 geometry, RoIPool's bins) once, and hands the kernel those arrays; no module in this
 package imports a stage module or another backend's module. The kernels live beside
@@ -64,7 +66,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     # nn/im2col.py, nn/conv.py
     "im2col": {"numba": "numba_conv.im2col"},
     "col2im": {"numba": "numba_conv.col2im"},
-    "conv2d": {"cuda": "cuda_conv.conv2d"},
+    "conv2d": {"numba": "numba_conv.conv2d", "cuda": "cuda_conv.conv2d"},
     "conv2d_backward": {"cuda": "cuda_conv.conv2d_backward"},
     # nn/layers.py
     "bias_add_relu_": {"numba": "numba_layers.bias_add_relu_"},

@@ -6,6 +6,10 @@ Numba loop comes near it, so it stays. What the reference does single-threaded i
 copying around it: im2col (a strided slice copy per kernel tap) and col2im (a strided
 add per tap). These kernels do the same copies with every core, one (image, channel)
 plane per parallel iteration -- planes never overlap, so col2im needs no atomics.
+
+With the product at BLAS's peak, the one way left to a faster convolution is fewer
+multiplies: ``conv2d`` computes the 3x3 stride-1 convolutions (most of a ResNet-50-FPN's
+arithmetic) by Winograd's minimal filtering, below, and declines every other geometry.
 """
 
 from __future__ import annotations
@@ -71,3 +75,168 @@ def col2im(cols, out, kernel_size, stride, dilation, rows):
     cols = np.ascontiguousarray(cols).reshape(n, c * kh * kw, (r1 - r0) * wo)
     _col2im(cols, kh, kw, sh, sw, dh, dw, r0, r1, wo, out)
     return out
+
+
+# --- Winograd F(2x2, 3x3): stride-1 3x3 convolutions with 2.25x fewer multiplies --------
+#
+# Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016). A 2x2 block
+# of outputs of a 3x3 filter g over the 4x4 input tile d under it is
+#     Y = A^T [ (G g G^T) * (B^T d B) ] A        (* elementwise, 16 products, not 36)
+# with
+#     B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]
+#     G   = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]
+#     A^T = [[1, 1, 1, 0], [0, 1, -1, -1]].
+# Summed over input channels, each of the 16 elementwise positions xi is one matrix
+# product over all tiles: M[xi] (O, T) = U[xi] (O, C) @ V[xi] (C, T), which stays in
+# BLAS. The transforms only add and subtract (the 1/2s live in U, computed in float64),
+# so float32 rounding grows little (measured in benchmarks/RESULTS.md, "Backbone").
+#
+# A band of tile rows is transformed, multiplied and written back at a time, so V and
+# M together stay under WINOGRAD_BAND_BYTES whatever the image size; the two buffers are
+# reused from band to band.
+
+WINOGRAD_BAND_BYTES = 64 * 2**20
+
+
+@njit(parallel=True, cache=True)
+def _winograd_weights(w, u):
+    # w (O, C, 3, 3) -> u (16, O, C): G g G^T in float64, position xi = 4 a + b. With
+    # g's rows g0, g1, g2, G g is (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2); the
+    # same combinations of its columns give G g G^T.
+    outs, channels = w.shape[0], w.shape[1]
+    for o in prange(outs):
+        t = np.empty((4, 3))
+        for c in range(channels):
+            for j in range(3):
+                g0 = np.float64(w[o, c, 0, j])
+                g1 = np.float64(w[o, c, 1, j])
+                g2 = np.float64(w[o, c, 2, j])
+                t[0, j] = g0
+                t[1, j] = 0.5 * (g0 + g1 + g2)
+                t[2, j] = 0.5 * (g0 - g1 + g2)
+                t[3, j] = g2
+            for a in range(4):
+                g0, g1, g2 = t[a, 0], t[a, 1], t[a, 2]
+                u[4 * a, o, c] = g0
+                u[4 * a + 1, o, c] = 0.5 * (g0 + g1 + g2)
+                u[4 * a + 2, o, c] = 0.5 * (g0 - g1 + g2)
+                u[4 * a + 3, o, c] = g2
+
+
+def winograd_weights(w, dtype):
+    """U (16, O, C) of ``dtype``: G g G^T of every filter g of w (O, C, 3, 3)."""
+    u = np.empty((16, w.shape[0], w.shape[1]), dtype=dtype)
+    _winograd_weights(np.ascontiguousarray(w), u)
+    return u
+
+
+@njit(parallel=True, cache=True)
+def _winograd_input(x, ph, pw, g0, g1, th, tw, v):
+    # x (N, C, H, W) -> v (16, C, (g1 - g0) * tw): B^T d B of every tile of the tile rows
+    # g0 .. g1 - 1, numbered through the batch (row g: image g // th, tile row g % th).
+    _, channels, h, w = x.shape
+    wb = 2 * tw + 2  # input columns under a row of tiles, padding included
+    for c in prange(channels):
+        rows = np.empty((4, wb), x.dtype)
+        comb = np.empty((4, wb), x.dtype)
+        j0, j1 = min(pw, wb), min(wb, w + pw)  # buffer columns that hold image columns
+        for g in range(g0, g1):
+            n, ty = g // th, g % th
+            for i in range(4):
+                src = 2 * ty - ph + i
+                rows[i, :j0] = 0
+                rows[i, j1:] = 0
+                if 0 <= src < h and j1 > j0:
+                    rows[i, j0:j1] = x[n, c, src, : j1 - pw]
+                else:
+                    rows[i, j0:j1] = 0
+            # B^T d: the four row combinations, for every column at once.
+            for j in range(wb):
+                comb[0, j] = rows[0, j] - rows[2, j]
+                comb[1, j] = rows[1, j] + rows[2, j]
+                comb[2, j] = rows[2, j] - rows[1, j]
+                comb[3, j] = rows[1, j] - rows[3, j]
+            # (B^T d) B: the same combinations of each tile's four columns.
+            base = (g - g0) * tw
+            for a in range(4):
+                for t in range(tw):
+                    q0, q1 = comb[a, 2 * t], comb[a, 2 * t + 1]
+                    q2, q3 = comb[a, 2 * t + 2], comb[a, 2 * t + 3]
+                    v[4 * a, c, base + t] = q0 - q2
+                    v[4 * a + 1, c, base + t] = q1 + q2
+                    v[4 * a + 2, c, base + t] = q2 - q1
+                    v[4 * a + 3, c, base + t] = q1 - q3
+
+
+@njit(parallel=True, cache=True)
+def _winograd_output(m, bias, g0, g1, th, tw, y):
+    # m (16, O, (g1 - g0) * tw) -> y (N, O, Ho, Wo) under tile rows g0 .. g1 - 1: A^T m A + bias.
+    _, outs, ho, wo = y.shape
+    for o in prange(outs):
+        b = bias[o]
+        for g in range(g0, g1):
+            n, ty = g // th, g % th
+            base = (g - g0) * tw
+            r0, r1 = 2 * ty, 2 * ty + 1
+            for t in range(tw):
+                k = base + t
+                # A^T m: two row combinations of the 4 x 4 product, column by column.
+                s00 = m[0, o, k] + m[4, o, k] + m[8, o, k]
+                s01 = m[1, o, k] + m[5, o, k] + m[9, o, k]
+                s02 = m[2, o, k] + m[6, o, k] + m[10, o, k]
+                s03 = m[3, o, k] + m[7, o, k] + m[11, o, k]
+                s10 = m[4, o, k] - m[8, o, k] - m[12, o, k]
+                s11 = m[5, o, k] - m[9, o, k] - m[13, o, k]
+                s12 = m[6, o, k] - m[10, o, k] - m[14, o, k]
+                s13 = m[7, o, k] - m[11, o, k] - m[15, o, k]
+                c0, c1 = 2 * t, 2 * t + 1
+                y[n, o, r0, c0] = s00 + s01 + s02 + b
+                if c1 < wo:
+                    y[n, o, r0, c1] = s01 - s02 - s03 + b
+                if r1 < ho:
+                    y[n, o, r1, c0] = s10 + s11 + s12 + b
+                    if c1 < wo:
+                        y[n, o, r1, c1] = s11 - s12 - s13 + b
+
+
+def winograd_applies(x, weight, stride, dilation, groups) -> bool:
+    """True for the convolutions F(2x2, 3x3) computes: 3x3, stride 1, no dilation or groups."""
+    return (
+        tuple(weight.shape[2:]) == (3, 3)
+        and tuple(stride) == (1, 1)
+        and tuple(dilation) == (1, 1)
+        and groups == 1
+        and x.shape[0] > 0
+    )
+
+
+def conv2d(x, weight, bias, stride, padding, dilation, groups):
+    """Same contract as ``tinymaskrcnn.nn.conv.conv2d`` for the convolutions Winograd
+    F(2x2, 3x3) computes (``winograd_applies``); returns None for any other, which the
+    reference then runs (on the numba im2col).
+    """
+    if not winograd_applies(x, weight, stride, dilation, groups):
+        return None
+    n, c, h, w = x.shape
+    o = weight.shape[0]
+    ph, pw = padding
+    ho, wo = h + 2 * ph - 2, w + 2 * pw - 2
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    u = winograd_weights(weight, x.dtype)
+    b = np.zeros(o, x.dtype) if bias is None else np.asarray(bias, dtype=x.dtype).reshape(o)
+    per_row = 16 * (c + o) * tw * x.itemsize
+    rows = n * th  # tile rows through the whole batch: small images share a band
+    band = max(1, min(rows, WINOGRAD_BAND_BYTES // per_row))
+    v_buf = np.empty(16 * c * band * tw, x.dtype)
+    m_buf = np.empty(16 * o * band * tw, x.dtype)
+    x = np.ascontiguousarray(x)
+    y = np.empty((n, o, ho, wo), x.dtype)
+    for g0 in range(0, rows, band):
+        g1 = min(rows, g0 + band)
+        nt = (g1 - g0) * tw
+        v = v_buf[: 16 * c * nt].reshape(16, c, nt)
+        m = m_buf[: 16 * o * nt].reshape(16, o, nt)
+        _winograd_input(x, ph, pw, g0, g1, th, tw, v)
+        np.matmul(u, v, out=m)
+        _winograd_output(m, b, g0, g1, th, tw, y)
+    return y

@@ -22,7 +22,10 @@ shares the layers' base class ``_ConvLayer``.
 
 Fast versions (registered in kernels/__init__.py under "nn/conv.py"): ``im2col`` and
 ``col2im`` under "numba" (the copies run in parallel; the product stays in BLAS, which a
-Numba loop does not come near -- benchmarks/RESULTS.md); the whole ``conv2d`` /
+Numba loop does not come near -- benchmarks/RESULTS.md); ``conv2d`` under "numba" for
+3x3 stride-1 convolutions only (Winograd F(2x2, 3x3): 16 products per 2x2 outputs instead
+of 36, still in BLAS); it returns None for every other geometry, which then runs here;
+the whole ``conv2d`` /
 ``conv2d_backward`` under "cuda" (im2col and a tiled shared-memory matrix product on the
 GPU, device arrays in and out). ``conv_transpose2d`` is built from the same products, so
 it picks up the numba copies too.
@@ -231,7 +234,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         )
     fast = kernels.implementation("conv2d")
     if fast is not None:
-        return fast(x, weight, bias, stride, padding, dilation, groups)
+        y = fast(x, weight, bias, stride, padding, dilation, groups)
+        if y is not None:  # None: the kernel has no faster route for this geometry
+            return y
     if n == 0:
         return np.zeros((0, o, ho, wo), dtype=x.dtype)
     weight = np.asarray(weight, dtype=x.dtype)
