@@ -42,7 +42,7 @@ def _set_threads(n: int) -> None:
 
 
 def setup(batch_size):
-    """(config, our model in train mode, optimizer settings, batch function)."""
+    """(config, our model in train mode, optimizer settings, dataset, batch function)."""
     import numpy as np
 
     from tinymaskrcnn.config import MaskRCNNConfig
@@ -59,7 +59,7 @@ def setup(batch_size):
     def batch(step):
         return batch_at(dataset, step, settings.batch_size, settings.seed, settings.hflip)
 
-    return cfg, model, settings, batch
+    return cfg, model, settings, dataset, batch
 
 
 def timed_steps(step_fn, warmup, steps):
@@ -98,7 +98,7 @@ def main(argv=None):
     from tinymaskrcnn.train import _step
     from tinymaskrcnn.train_state import make_optimizer
 
-    cfg, model, settings, batch = setup(args.batch)
+    cfg, model, settings, dataset, batch = setup(args.batch)
     optimizer = make_optimizer(model, settings)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; threads {args.threads} "
@@ -109,7 +109,7 @@ def main(argv=None):
           f"median of {args.steps} steps after {args.warmup}")  # fmt: skip
 
     def ours(s):
-        _step(model, optimizer, *batch(s), s)
+        _step(model, optimizer, dataset, settings, s)
 
     with use_backend("numba"):
         t_ours, best_ours = timed_steps(ours, args.warmup, args.steps)
@@ -132,7 +132,7 @@ def main(argv=None):
             print(f"  ratio torchvision / ours: {t_tv / t_ours:.2f}x median, "
                   f"{best_tv / best_ours:.2f}x best")  # fmt: skip
 
-    profile(model, optimizer, batch, args)
+    profile(model, optimizer, dataset, settings, args)
     return 0
 
 
@@ -157,7 +157,7 @@ KERNELS = {
 }
 
 
-def profile(model, optimizer, batch, args):
+def profile(model, optimizer, dataset, settings, args):
     from tinymaskrcnn.kernels import use_backend
     from tinymaskrcnn.train import _step
 
@@ -167,7 +167,7 @@ def profile(model, optimizer, batch, args):
         start = time.perf_counter()
         profiler.enable()
         for s in range(first, first + args.profile_steps):
-            _step(model, optimizer, *batch(s), s)
+            _step(model, optimizer, dataset, settings, s)
         profiler.disable()
         wall = (time.perf_counter() - start) / args.profile_steps
     stats = pstats.Stats(profiler)
@@ -200,7 +200,7 @@ def torchvision_steps(args):
     from torchvision_twin import load_ours, torchvision_twin
 
     torch.set_num_threads(args.threads)
-    cfg, model, settings, batch = setup(args.batch)
+    cfg, model, settings, dataset, batch = setup(args.batch)
     twin = torchvision_twin(cfg)
     load_ours(twin, model.state_dict())
     twin.train()
