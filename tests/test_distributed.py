@@ -11,7 +11,14 @@ import pytest
 from tiny_model import tiny_config
 
 from tinymaskrcnn.data.shapes import ShapesDataset
-from tinymaskrcnn.distributed import RayWorkers, Replica, WorkerLost, data_parallel_step, shares
+from tinymaskrcnn.distributed import (
+    FlatLayout,
+    RayWorkers,
+    Replica,
+    WorkerLost,
+    data_parallel_step,
+    shares,
+)
 from tinymaskrcnn.model import LOSS_NAMES, MaskRCNN
 from tinymaskrcnn.run_folder import CHECKPOINT, LOG, read_log
 from tinymaskrcnn.train import batch_at, train
@@ -125,16 +132,43 @@ def test_n_workers_sum_to_the_one_process_gradient(data, workers):
     assert min(times.compute, times.update) > 0
 
 
+def test_a_flat_vector_carries_the_state_and_the_gradients_exactly(data):
+    cfg = tiny_config()  # batch norm: running statistics and integer counters too
+    model = MaskRCNN(cfg, rng=np.random.default_rng(1)).train()
+    model(*batch_at(data, 0, 2, SEED))
+    model.backward()
+    layout = FlatLayout(model)
+    state = model.state_dict()
+    packed = layout.pack_state(model)
+    assert packed[0].dtype == np.float32 and set(packed[1]) == set(layout.counters)
+    assert layout.counters and all(n.endswith("num_batches_tracked") for n in layout.counters)
+    unpacked = layout.unpack_state(packed)
+    assert unpacked.keys() == state.keys()
+    for name, array in state.items():
+        np.testing.assert_array_equal(unpacked[name], array, err_msg=name)
+    other = MaskRCNN(cfg, rng=np.random.default_rng(2)).train()
+    other.load_state_dict(unpacked)
+    for name, array in other.state_dict().items():
+        np.testing.assert_array_equal(array, state[name], err_msg=name)
+    grads = layout.unpack_grads(*layout.pack_grads(model))
+    expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == expected.keys()
+    for name, g in expected.items():
+        np.testing.assert_array_equal(grads[name], g, err_msg=name)
+    assert FlatLayout(other).key == layout.key
+    assert FlatLayout(MaskRCNN(tiny_config(num_classes=5))).key != layout.key
+
+
 def test_weighting_by_images_alone_would_not_be_exact(data):
     # The reason for the per-loss factors: two workers whose shares sample different
     # numbers of RoIs, weighted 3/5 and 2/5, miss the one-process loss.
     cfg, batch_size = exact_config(), 5
     expected_losses, _ = one_process_step(cfg, data, batch_size)
     parts = shares(batch_size, 2)
+    driver = float64_model(cfg)
+    state = FlatLayout(driver).pack_state(driver)
     per_worker = [
-        Replica(cfg, data, SEED, True, batch_size, "numpy", "float64").forward(
-            float64_model(cfg).state_dict(), 1, part
-        )
+        Replica(cfg, data, SEED, True, batch_size, "numpy", "float64").forward(state, 1, part)
         for part in parts
     ]
     pairs = zip(parts, per_worker, strict=True)

@@ -3,11 +3,15 @@
 
 Each worker is a Ray actor holding a model replica. One step of B images on N workers:
 
-    driver     weights = ray.put(model.state_dict())           # one copy in Ray's store
+    driver     weights = ray.put(state.pack(model))            # one copy in Ray's store
     worker w   losses_w, counts_w = forward(weights, its share of the batch)
     driver     factors_w = counts_w / sum of counts, per loss   # see below
     worker w   grads_w = backward(factors_w)                    # of sum_k factor_wk loss_wk
     driver     grad = sum_w grads_w; optimizer.step()           # one SGD step, as in train.py
+
+Weights and gradients travel as one flat vector each (``FlatLayout``), not as ~160 named
+arrays: Ray then moves one buffer through its shared-memory store, which a worker reads in
+place, and the per-array serialisation that took 20 ms of a 0.18 s step is gone.
 
 The batch of a step is ``train.batch_at``'s: worker w builds the images at positions
 ``step * B + shares(B, N)[w]`` itself (``data.batching.examples_at``), so only weights
@@ -46,14 +50,17 @@ relative in float64) when three things hold:
   of different sizes a worker may see fewer padded anchors than the whole batch would
   (shapes images are all one size).
 
-**Costs.** Per step the driver sends the weights (4 bytes per parameter in float32) to
-each worker and receives as many bytes of gradient from each; ``StepTime`` logs the
+**Costs.** Per step the driver sends the weights (4 bytes per parameter in float32; one
+``ray.put``, shared by the workers of a machine) and receives as many bytes of gradient
+from each worker; ``StepTime`` logs the
 slowest worker's compute, the rest of the wall time of the two calls (transfer and
 waiting) and the driver's update. README, "Training on many cores or machines", has the
 measured numbers and the worker count where the driver's link becomes the bottleneck.
 
 Shapes used below:
     B: images per step      N: workers      B_w: images of worker w (sum_w B_w = B)
+    F: floating-point entries of the state (parameters and batch-norm statistics)
+    P: entries of the trainable parameters
 """
 
 from __future__ import annotations
@@ -114,6 +121,91 @@ def shares(batch_size: int, workers: int) -> list[range]:
     return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+# --- one vector per transfer ------------------------------------------------------------
+
+
+class FlatLayout:
+    """Where each named array of a model lies in one flat vector.
+
+    Built from a model, so the driver and every worker (same config) get the same order;
+    ``key`` (names and shapes) lets a worker check that it has the driver's layout.
+    ``state`` covers the floating-point entries of ``state_dict()`` (parameters and
+    batch-norm statistics, F in all); the integer counters (``num_batches_tracked``, a few
+    scalars) travel beside it as a dict. ``grads`` covers the trainable parameters (P).
+    """
+
+    def __init__(self, model):
+        state = model.state_dict()
+        self.dtype = next(iter(model.parameters())).data.dtype
+        self.state = self._slices(
+            (n, a.shape) for n, a in state.items() if np.issubdtype(a.dtype, np.floating)
+        )
+        self.counters = [n for n, a in state.items() if not np.issubdtype(a.dtype, np.floating)]
+        self.grads = self._slices(
+            (n, p.data.shape) for n, p in model.named_parameters() if p.requires_grad
+        )
+        self.key = (
+            tuple((n, s) for n, (_, s) in self.state.items()),
+            tuple(self.counters),
+            tuple(self.grads),
+        )
+
+    @staticmethod
+    def _slices(named_shapes) -> dict:
+        slices, start = {}, 0
+        for name, shape in named_shapes:
+            size = int(np.prod(shape))
+            slices[name] = (slice(start, start + size), tuple(shape))
+            start += size
+        return slices
+
+    @staticmethod
+    def _size(slices) -> int:
+        return max((sl.stop for sl, _ in slices.values()), default=0)
+
+    def pack_state(self, model):
+        """(vector (F,) of the model's dtype, counters: name -> array) of ``model``'s state."""
+        flat = np.empty(self._size(self.state), dtype=self.dtype)
+        counters = {}
+        for name, array in _state_arrays(model):
+            if name in self.state:
+                sl, _ = self.state[name]
+                flat[sl] = array.ravel()
+            else:
+                counters[name] = array.copy()
+        return flat, counters
+
+    def unpack_state(self, packed) -> dict:
+        """``pack_state``'s pair as a state dict of views into the vector (no copies)."""
+        flat, counters = packed
+        state = {n: flat[sl].reshape(shape) for n, (sl, shape) in self.state.items()}
+        return {**state, **counters}
+
+    def pack_grads(self, model):
+        """(vector (P,) of the gradients, names that have one: a tuple)."""
+        flat = np.zeros(self._size(self.grads), dtype=self.dtype)
+        present = []
+        for name, p in model.named_parameters():
+            if name in self.grads and p.grad is not None:
+                flat[self.grads[name][0]] = p.grad.ravel()
+                present.append(name)
+        return flat, tuple(present)
+
+    def unpack_grads(self, flat, present) -> dict:
+        """name -> gradient view into ``flat``, for the names in ``present``."""
+        return {n: flat[self.grads[n][0]].reshape(self.grads[n][1]) for n in present}
+
+
+def _state_arrays(model):
+    """(name, array) of every parameter and buffer, as ``state_dict()`` names them, without
+    its copies."""
+    for path, module in model.named_modules():
+        for name, p in module._parameters.items():
+            yield (f"{path}.{name}" if path else name), p.data
+        for name in module._buffers:
+            yield (f"{path}.{name}" if path else name), getattr(module, name)
+
+
 # --- a worker ------------------------------------------------------------------------
 
 
@@ -134,22 +226,25 @@ class Replica:
             self.model.astype(np.dtype(dtype))
         self.dataset, self.seed, self.hflip = dataset, seed, hflip
         self.batch_size, self.backend = batch_size, backend
+        self.layout = FlatLayout(self.model)
 
-    def where(self) -> tuple[str, int, str]:
-        """(host name, process id, path of the tinymaskrcnn package it runs)."""
+    def where(self) -> tuple[str, int, str, tuple]:
+        """(host name, process id, path of the tinymaskrcnn package it runs, the key of its
+        FlatLayout)."""
         import tinymaskrcnn
 
-        return socket.gethostname(), os.getpid(), os.path.dirname(tinymaskrcnn.__file__)
+        here = os.path.dirname(tinymaskrcnn.__file__)
+        return socket.gethostname(), os.getpid(), here, self.layout.key
 
     def forward(self, state, step: int, share: range):
-        """Load ``state`` (the driver's state_dict) and run the training forward on the
-        images at ``share`` of step ``step``'s batch.
+        """Load ``state`` (the driver's ``FlatLayout.pack_state``) and run the training
+        forward on the images at ``share`` of step ``step``'s batch.
 
         Returns (losses: LOSS_NAMES -> float over this share, counts: LOSS_COUNTS' names
         -> int, seconds).
         """
         tic = time.perf_counter()
-        self.model.load_state_dict(state)
+        self.model.load_state_dict(self.layout.unpack_state(state))
         self.model.zero_grad()
         self.model.rng = np.random.default_rng([self.seed, step, share.start])
         first = step * self.batch_size
@@ -173,13 +268,13 @@ class Replica:
     def backward(self, loss_weights: dict):
         """The gradient of ``sum_k loss_weights[k] * loss_k`` of the last forward.
 
-        Returns (grads: parameter name -> array, for those that got one; buffers: every
-        buffer by name (batch-norm statistics); seconds).
+        Returns (grads: ``FlatLayout.pack_grads``' pair, the parameters that got one;
+        buffers: every buffer by name (batch-norm statistics); seconds).
         """
         tic = time.perf_counter()
         with use_backend(self.backend):
             self.model.backward(loss_weights)
-        grads = {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None}
+        grads = self.layout.pack_grads(self.model)
         buffers = dict(self.model.named_buffers())
         return grads, buffers, time.perf_counter() - tic
 
@@ -231,16 +326,18 @@ def merge_buffers(buffers: list[dict], images: list[int]) -> dict:
     return merged
 
 
-def data_parallel_step(workers, model, optimizer, step: int, batch_size: int):
+def data_parallel_step(workers, model, optimizer, step: int, batch_size: int, layout=None):
     """One SGD step of ``model`` on the batch of ``step`` shared by ``workers``.
 
     workers: has ``count`` (N), ``put(value) -> handle`` (shared by every worker) and
     ``call(method, args per worker) -> results per worker`` of Replica's methods.
-    Returns (losses, their sum, StepTime), as train.py's one-process step.
+    layout: ``model``'s FlatLayout (built here when None; a caller that steps many times
+    keeps one). Returns (losses, their sum, StepTime), as train.py's one-process step.
     """
     tic = time.perf_counter()
+    layout = FlatLayout(model) if layout is None else layout
     parts = shares(batch_size, workers.count)
-    weights = workers.put(model.state_dict())
+    weights = workers.put(layout.pack_state(model))
     forwards = workers.call("forward", [(weights, step, part) for part in parts])
     factors = loss_factors([counts for _, counts, _ in forwards])
     losses = combine_losses([losses for losses, _, _ in forwards], factors)
@@ -248,7 +345,7 @@ def data_parallel_step(workers, model, optimizer, step: int, batch_size: int):
     backwards = workers.call("backward", [(f,) for f in factors])
     computed = time.perf_counter()
 
-    grads = sum_gradients([g for g, _, _ in backwards])
+    grads = sum_gradients([layout.unpack_grads(*g) for g, _, _ in backwards])
     for name, p in model.named_parameters():
         p.grad = grads.get(name)
     optimizer.step()
@@ -301,7 +398,15 @@ class RayWorkers:
                 actor.remote(model.cfg, dataset, s.seed, s.hflip, s.batch_size, backend, dtype)
                 for _ in range(self.count)
             ]
+            self.layout = FlatLayout(model)
             self.where = self.call("where", [()] * self.count)
+            for w, (host, pid, package, key) in enumerate(self.where):
+                if key != self.layout.key:
+                    raise RuntimeError(
+                        f"worker {w} (pid {pid} on {host}, tinymaskrcnn at {package}) builds "
+                        "a model whose parameters differ from this process's; install the "
+                        "same tinymaskrcnn version on every machine of the cluster"
+                    )
         except BaseException:
             self.close()
             raise
@@ -336,7 +441,7 @@ class RayWorkers:
             else "no checkpoint had been written yet"
         )
         self._context = f" during step {step + 1}; the step is abandoned and {kept}. Ray said"
-        return data_parallel_step(self, model, optimizer, step, self.batch_size)
+        return data_parallel_step(self, model, optimizer, step, self.batch_size, self.layout)
 
     def close(self):
         """Stop the workers, and the local cluster when this object started it."""
