@@ -26,33 +26,18 @@ import argparse
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
+
+from timing import median_time  # benchmarks/timing.py, beside this script (no numpy)
 
 
 def _set_threads(n: int) -> None:
     # OpenBLAS reads these when numpy is first imported: set them before.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(n)
-
-
-def median_time(fn, repeats):
-    """(median, best) seconds of ``repeats`` runs after a warm-up run.
-
-    The best run is printed too: on a machine shared with other work it is the closer
-    estimate of the uncontended time.
-    """
-    fn()  # warm-up: compilation, caches, first-touch allocation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
 
 
 def main(argv=None):

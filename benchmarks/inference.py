@@ -27,30 +27,20 @@ import importlib.util
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from timing import median_time  # noqa: E402  benchmarks/timing.py, beside this script (no numpy)
 
 
 def _set_threads(n: int) -> None:
     # OpenBLAS and OpenMP read these when first loaded: set them before numpy is imported.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up: compilation, caches, first-touch allocation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
 
 
 def cases(quick):

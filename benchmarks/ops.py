@@ -16,21 +16,10 @@ import argparse
 import math
 import os
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up: compilation, caches, first-touch allocation
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_time  # benchmarks/timing.py, beside this script
 
 
 def random_boxes(rng, n, image_size=(800, 1216), min_size=16.0, max_size=256.0):
@@ -130,10 +119,10 @@ def main(argv=None):
         for backend in backends:
             with use_backend(backend):
                 repeats = 3 if backend == "numpy" else args.repeats
-                times[backend] = median_time(fn, repeats)
+                times[backend] = median_time(fn, repeats)[0]
         row = [name] + [f"{times[b] * 1e3:.2f}" for b in backends]
         if torch is not None:
-            tv = median_time(theirs[name], args.repeats)
+            tv = median_time(theirs[name], args.repeats)[0]
             row.append(f"{tv * 1e3:.2f}")
             row += [f"{tv / times[b]:.1f}x" for b in backends[1:]]
         rows.append(row)
