@@ -102,6 +102,48 @@ def test_numba_winograd_conv2d_equals_the_reference(
     np.testing.assert_allclose(got, expected, rtol=0, atol=tol * scale)
 
 
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 5), st.integers(1, 11), st.integers(1, 11)),
+    out_channels=st.integers(1, 5),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    small_bands=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+)
+def test_numba_winograd_conv2d_backward_equals_the_reference(
+    shape, out_channels, padding, small_bands, dtype, seed
+):
+    # Under numba both gradients of a 3x3 stride-1 convolution run on Winograd: the input
+    # gradient as the convolution with the turned filters (nn/conv.py), the weight
+    # gradient by the transposed transforms (numba_conv.conv2d_weight_grad).
+    n, c, h, w = shape
+    ho, wo = h + 2 * padding[0] - 2, w + 2 * padding[1] - 2
+    if ho < 1 or wo < 1:
+        return
+    numba_conv = pytest.importorskip("tinymaskrcnn.kernels.numba_conv")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    wt = rng.standard_normal((out_channels, c, 3, 3)).astype(dtype)
+    gy = rng.standard_normal((n, out_channels, ho, wo)).astype(dtype)
+    expected = reference(nn.conv2d_backward, gy, x, wt, 1, padding)
+    with pytest.MonkeyPatch.context() as patch:
+        if small_bands:
+            patch.setattr(numba_conv, "WINOGRAD_BAND_BYTES", 1)
+        fast_w = kernels.kernel("conv2d_weight_grad", "numba")
+        assert fast_w(gy, x, wt.shape, (1, 1), padding, (1, 1), 1) is not None
+        with use_backend("numba"):
+            got = nn.conv2d_backward(gy, x, wt, 1, padding)
+    tol = 1e-13 if dtype == np.float64 else 2e-6
+    scales = (
+        np.abs(gy).max() * np.abs(wt).sum(axis=(0, 2, 3)).max() + 1,  # grad_x's terms
+        np.abs(gy).max() * np.abs(x).max() * n * ho * wo + 1,  # grad_w's
+        np.abs(gy).max() * n * ho * wo + 1,
+    )
+    for name, a, b, scale in zip(("x", "weight", "bias"), got, expected, scales, strict=True):
+        assert a.dtype == dtype and a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, rtol=0, atol=tol * scale, err_msg=name)
+
+
 @pytest.mark.parametrize(
     "kernel_size, stride, dilation, groups",
     [(1, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 1), (3, 1, 1, 2), (5, 1, 1, 1)],
@@ -114,12 +156,19 @@ def test_numba_conv2d_leaves_other_geometries_to_the_reference(
     rng = np.random.default_rng(kernel_size + stride + dilation + groups)
     x = rng.standard_normal((1, 4, 12, 12)).astype(np.float32)
     wt = rng.standard_normal((2, 4 // groups, kernel_size, kernel_size)).astype(np.float32)
-    fast = kernels.kernel("conv2d", "numba")
-    assert fast(x, wt, None, (stride,) * 2, (1, 1), (dilation,) * 2, groups) is None
+    geometry = ((stride,) * 2, (1, 1), (dilation,) * 2, groups)
+    assert kernels.kernel("conv2d", "numba")(x, wt, None, *geometry) is None
     with use_backend("numba"):
         got = nn.conv2d(x, wt, None, stride, 1, dilation, groups)
     expected = reference(nn.conv2d, x, wt, None, stride, 1, dilation, groups)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    gy = rng.standard_normal(got.shape).astype(np.float32)
+    assert kernels.kernel("conv2d_weight_grad", "numba")(gy, x, wt.shape, *geometry) is None
+    with use_backend("numba"):
+        grads = nn.conv2d_backward(gy, x, wt, stride, 1, dilation, groups)
+    expected = reference(nn.conv2d_backward, gy, x, wt, stride, 1, dilation, groups)
+    for a, b in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_a_small_backbone_under_numba_equals_the_reference_forward_and_backward():

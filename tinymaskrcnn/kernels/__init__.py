@@ -68,6 +68,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "col2im": {"numba": "numba_conv.col2im"},
     "conv2d": {"numba": "numba_conv.conv2d", "cuda": "cuda_conv.conv2d"},
     "conv2d_backward": {"cuda": "cuda_conv.conv2d_backward"},
+    "conv2d_weight_grad": {"numba": "numba_conv.conv2d_weight_grad"},
     # nn/layers.py
     "bias_add_relu_": {"numba": "numba_layers.bias_add_relu_"},
 }

@@ -28,7 +28,9 @@ of 36, still in BLAS); it returns None for every other geometry, which then runs
 the whole ``conv2d`` /
 ``conv2d_backward`` under "cuda" (im2col and a tiled shared-memory matrix product on the
 GPU, device arrays in and out). ``conv_transpose2d`` is built from the same products, so
-it picks up the numba copies too.
+it picks up the numba copies too. Under a backend with a fast ``conv2d``, the input
+gradient of a stride-1 convolution is computed as the convolution it is
+(``_input_grad_as_conv``): under "numba" the 3x3 ones then run on Winograd too.
 """
 
 from __future__ import annotations
@@ -266,9 +268,36 @@ def conv2d_backward(
     if fast is not None:
         return fast(grad_out, x, weight, *geometry, input_grad, weight_grad)
     weight = np.asarray(weight, dtype=grad_out.dtype)
-    grad_x = _input_grad(grad_out, weight, x.shape, *geometry) if input_grad else None
-    grad_w = _weight_grad(grad_out, x, weight.shape, *geometry) if weight_grad else None
+    grad_x = None
+    if input_grad and kernels.implementation("conv2d") is not None:
+        grad_x = _input_grad_as_conv(grad_out, weight, x.shape, *geometry)
+    if input_grad and grad_x is None:
+        grad_x = _input_grad(grad_out, weight, x.shape, *geometry)
+    grad_w = None
+    fast_w = kernels.implementation("conv2d_weight_grad")
+    if weight_grad and fast_w is not None:
+        grad_w = fast_w(grad_out, x, weight.shape, *geometry)
+    if weight_grad and grad_w is None:
+        grad_w = _weight_grad(grad_out, x, weight.shape, *geometry)
     return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
+
+
+def _input_grad_as_conv(grad_y, w, x_shape, stride, padding, dilation, groups):
+    """grad_x (N, C, H, W) as a convolution, or None where that identity does not hold.
+
+    For stride 1 (no dilation, no groups), x[c, y, x'] meets w[o, c, i, j] in the output
+    y[o, y - p + i, x' - p + j] only, so grad_x is grad_y correlated with every filter
+    turned by 180 degrees and its two channel axes swapped, on grad_y padded by k - 1 - p
+    (Dumoulin & Visin, "A guide to convolution arithmetic", 2016, section 4). A backend
+    whose conv2d beats the columns-and-col2im route (numba's Winograd for 3x3) runs it so.
+    """
+    (kh, kw), (ph, pw) = w.shape[2:], padding
+    if stride != (1, 1) or dilation != (1, 1) or groups != 1 or kh - 1 < ph or kw - 1 < pw:
+        return None
+    if x_shape[0] == 0 or (kh, kw) == (1, 1):
+        return None  # nothing to compute / already one matrix product
+    turned = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    return conv2d(grad_y, turned, None, 1, (kh - 1 - ph, kw - 1 - pw))
 
 
 # --- the layers --------------------------------------------------------------------------
