@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from tiny_model import tiny_config
 
+from tinymaskrcnn import distributed
 from tinymaskrcnn.data.shapes import ShapesDataset
 from tinymaskrcnn.distributed import (
     FlatLayout,
@@ -188,7 +189,11 @@ def ray_cluster():
     except ImportError:
         print("tests/test_distributed.py: ray is not installed (pip install -e '.[distributed]')")
         pytest.skip("ray is not installed: pip install -e '.[distributed]'")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # As RayWorkers starts its local cluster: workers at nice 0, not Ray's 15.
+    before = os.environ.get("RAY_worker_niceness")
+    with distributed._workers_at_normal_priority():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    assert os.environ.get("RAY_worker_niceness") == before  # only the cluster saw it
     # Workers unpickle this module's classes (the dataset below) by value: they cannot
     # import a test module.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -206,6 +211,8 @@ def test_two_ray_workers_make_the_one_process_step(ray_cluster, data):
         assert {where[2] for where in workers.where} == {
             os.path.dirname(sys.modules["tinymaskrcnn"].__file__)
         }
+        # Ray's default nice 15 would let every other process preempt the workers.
+        assert [os.getpriority(os.PRIO_PROCESS, w[1]) for w in workers.where] == [0, 0]
         optimizer = RecordingSGD(model)
         losses, _, times = workers.step(model, optimizer, 1, "nowhere")
     finally:

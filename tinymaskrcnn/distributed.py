@@ -65,6 +65,7 @@ Shapes used below:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -93,6 +94,26 @@ _ONE_THREAD = {
     name: "1"
     for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 }
+
+
+@contextlib.contextmanager
+def _workers_at_normal_priority():
+    """A local cluster started inside this block runs its workers at nice 0.
+
+    Ray starts worker processes at nice 15 (its ``worker_niceness``) so that they yield to
+    its own daemons; here the workers are the whole computation, one per core, and at 15
+    every other process of the machine (the driver's update, Ray's own threads) preempts
+    them mid-step. The raylet reads ``RAY_worker_niceness`` when it starts; a value the
+    user set is kept.
+    """
+    name = "RAY_worker_niceness"
+    before = os.environ.get(name)
+    os.environ.setdefault(name, "0")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
 
 
 def import_ray():
@@ -381,7 +402,8 @@ class RayWorkers:
             if self._owns_ray:
                 options = dict(include_dashboard=False, logging_level=logging.WARNING)
                 if address is None:
-                    ray.init(num_cpus=self.count, **options)
+                    with _workers_at_normal_priority():
+                        ray.init(num_cpus=self.count, **options)
                 else:
                     ray.init(address=address, **options)
             # Workers import the same tinymaskrcnn as this process (a checkout run in place
