@@ -76,13 +76,13 @@ def main():
     def round_trip():
         ref = ray.put(layout.pack_state(model))
         results = ray.get([w.step.remote(ref) for w in workers])
-        return sum_gradients([layout.unpack_grads(*g) for g in results])
+        return layout.unpack_grads(*sum_gradients(results))
 
     trip = timed(round_trip)
     optimizer = make_optimizer(model, TrainSettings())
 
     def update():
-        total = sum_gradients([layout.unpack_grads(*grads)] * args.workers)
+        total = layout.unpack_grads(*sum_gradients([grads] * args.workers))
         for n, p in trainable.items():
             p.grad = total[n]
         optimizer.step()

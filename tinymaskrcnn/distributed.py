@@ -322,13 +322,15 @@ def combine_losses(losses: list[dict], factors: list[dict]) -> dict:
     return {k: float(sum(f[k] * loss[k] for loss, f in pairs)) for k in LOSS_NAMES}
 
 
-def sum_gradients(grads: list[dict]) -> dict:
-    """name -> the sum of the workers' gradients of that parameter (those that have one)."""
-    total = {}
-    for worker in grads:
-        for name, g in worker.items():
-            total[name] = g.copy() if name not in total else total[name] + g
-    return total
+def sum_gradients(grads: list[tuple]) -> tuple:
+    """The workers' ``FlatLayout.pack_grads`` pairs summed: (vector (P,), the names that
+    got a gradient from any worker). A name a worker has no gradient for is zeros in its
+    vector, so one vector sum adds exactly what a sum name by name would."""
+    total = grads[0][0].copy()
+    for flat, _ in grads[1:]:
+        total += flat
+    present = dict.fromkeys(name for _, names in grads for name in names)
+    return total, tuple(present)
 
 
 def merge_buffers(buffers: list[dict], images: list[int]) -> dict:
@@ -366,7 +368,7 @@ def data_parallel_step(workers, model, optimizer, step: int, batch_size: int, la
     backwards = workers.call("backward", [(f,) for f in factors])
     computed = time.perf_counter()
 
-    grads = sum_gradients([layout.unpack_grads(*g) for g, _, _ in backwards])
+    grads = layout.unpack_grads(*sum_gradients([g for g, _, _ in backwards]))
     for name, p in model.named_parameters():
         p.grad = grads.get(name)
     optimizer.step()
