@@ -18,9 +18,11 @@ from tinymaskrcnn.distributed import (
     Replica,
     WorkerLost,
     data_parallel_step,
+    merge_buffers,
     shares,
 )
 from tinymaskrcnn.model import LOSS_NAMES, MaskRCNN
+from tinymaskrcnn.nn import BatchNorm2d
 from tinymaskrcnn.run_folder import CHECKPOINT, LOG, read_log
 from tinymaskrcnn.train import batch_at, train
 from tinymaskrcnn.train_state import TrainSettings, load_training_state
@@ -158,6 +160,51 @@ def test_a_flat_vector_carries_the_state_and_the_gradients_exactly(data):
         np.testing.assert_array_equal(grads[name], g, err_msg=name)
     assert FlatLayout(other).key == layout.key
     assert FlatLayout(MaskRCNN(tiny_config(num_classes=5))).key != layout.key
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_the_driver_pools_the_shares_batch_norm_statistics(data, workers, monkeypatch):
+    # With batch norm each worker normalises over its share (as DDP without SyncBatchNorm),
+    # so past the first batch norm the activations differ from one process's. The running
+    # statistics the driver keeps are those of the workers' activations pooled over the
+    # whole batch: as if one batch norm had seen every share's input at once.
+    inputs = {}
+    forward = BatchNorm2d.forward
+
+    def recording(bn, x):
+        inputs.setdefault(id(bn), []).append(x.copy())
+        return forward(bn, x)
+
+    monkeypatch.setattr(BatchNorm2d, "forward", recording)
+    cfg, batch_size = exact_config(norm_layer="batch_norm"), 5
+    replicas = [
+        Replica(cfg, data, SEED, True, batch_size, "numpy", "float64") for _ in range(workers)
+    ]
+    model = float64_model(cfg)
+    before = {n: b.copy() for n, b in model.named_buffers()}
+    data_parallel_step(InProcessWorkers(replicas), model, RecordingSGD(model), 1, batch_size)
+    got = dict(model.named_buffers())
+    paths = [p for p, m in model.named_modules() if isinstance(m, BatchNorm2d)]
+    assert paths
+    for path in paths:
+        xs = [inputs[id(dict(r.model.named_modules())[path])] for r in replicas]
+        assert all(len(x) == 1 for x in xs)  # each ran once on its share
+        x = np.concatenate([x[0] for x in xs])
+        count = x.shape[0] * x.shape[2] * x.shape[3]
+        mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3)) * count / (count - 1)
+        for name, stat in (("running_mean", mean), ("running_var", var)):
+            expected = 0.9 * before[f"{path}.{name}"] + 0.1 * stat
+            np.testing.assert_allclose(got[f"{path}.{name}"], expected, rtol=1e-12, atol=1e-15)
+        assert got[f"{path}.num_batches_tracked"] == before[f"{path}.num_batches_tracked"] + 1
+    # The first batch norm sees the images themselves: there the pooled statistics are
+    # exactly one process's, and the mean of the workers' running variances is not.
+    one = float64_model(cfg)
+    one(*batch_at(data, 1, batch_size, SEED))
+    first = f"{paths[0]}.running_var"
+    np.testing.assert_allclose(got[first], dict(one.named_buffers())[first], rtol=1e-12)
+    images = [len(part) for part in shares(batch_size, workers)]
+    averaged = merge_buffers([dict(r.model.named_buffers()) for r in replicas], images)
+    assert np.abs(averaged[first] - got[first]).max() > 1e-6 * np.abs(got[first]).max()
 
 
 def test_weighting_by_images_alone_would_not_be_exact(data):

@@ -37,9 +37,9 @@ relative in float64) when three things hold:
 - no batch statistics: with ``norm_layer="batch_norm"`` (the shapes preset) each worker
   normalises over its own share, as torch's DistributedDataParallel does without
   SyncBatchNorm, so the gradient is that of a slightly different function; the running
-  statistics the driver keeps are the image-weighted mean of the workers' (exact for the
-  running mean of equal-sized images; the running variance misses the spread between
-  shares' means);
+  statistics the driver keeps are pooled over the whole batch: each worker returns its
+  share's count, mean and variance per batch norm, and the driver combines them into the
+  statistics of the whole batch of the workers' activations (``update_batch_norms``);
 - the same samples: the anchor and RoI samplers draw from a generator per worker and
   step, ``np.random.default_rng([seed, step, first position of the share])``, so a run is
   reproducible for a given N, and a run resumed with another N continues exactly as a run
@@ -76,6 +76,7 @@ import numpy as np
 from .data.batching import examples_at
 from .kernels import use_backend
 from .model import LOSS_NAMES, MaskRCNN
+from .nn import BatchNorm2d
 from .run_folder import StepTime
 from .train_state import check_finite
 
@@ -266,6 +267,7 @@ class Replica:
         """
         tic = time.perf_counter()
         self.model.load_state_dict(self.layout.unpack_state(state))
+        self._tracked = {p: int(bn.num_batches_tracked) for p, bn in _batch_norms(self.model)}
         self.model.zero_grad()
         self.model.rng = np.random.default_rng([self.seed, step, share.start])
         first = step * self.batch_size
@@ -290,14 +292,25 @@ class Replica:
         """The gradient of ``sum_k loss_weights[k] * loss_k`` of the last forward.
 
         Returns (grads: ``FlatLayout.pack_grads``' pair, the parameters that got one;
-        buffers: every buffer by name (batch-norm statistics); seconds).
+        buffers: every buffer by name, and under "batch_statistics" the batch norms' that
+        normalised this share once: path -> ``BatchNorm2d.batch_statistics``; seconds).
         """
         tic = time.perf_counter()
         with use_backend(self.backend):
             self.model.backward(loss_weights)
         grads = self.layout.pack_grads(self.model)
         buffers = dict(self.model.named_buffers())
+        buffers["batch_statistics"] = {
+            path: bn.batch_statistics
+            for path, bn in _batch_norms(self.model)
+            if int(bn.num_batches_tracked) == self._tracked[path] + 1
+        }
         return grads, buffers, time.perf_counter() - tic
+
+
+def _batch_norms(model):
+    """(path, module) of every BatchNorm2d of ``model`` (those with batch statistics)."""
+    return [(p, m) for p, m in model.named_modules() if isinstance(m, BatchNorm2d)]
 
 
 # --- the driver's arithmetic ------------------------------------------------------------
@@ -333,12 +346,39 @@ def sum_gradients(grads: list[tuple]) -> tuple:
     return total, tuple(present)
 
 
+def whole_batch_statistics(statistics: list[tuple]) -> tuple:
+    """The (count, mean, biased variance) of the whole batch from its shares' (a
+    ``BatchNorm2d.batch_statistics`` per worker): the pooled mean, and the mean of the
+    shares' variances plus the spread of their means about it (Chan, Golub & LeVeque's
+    pairwise update, 1979), each weighted by its count."""
+    count = sum(n for n, _, _ in statistics)
+    mean = sum(n * m.astype(np.float64) for n, m, _ in statistics) / count
+    var = sum(n * (v + (m.astype(np.float64) - mean) ** 2) for n, m, v in statistics) / count
+    return count, mean, var
+
+
+def update_batch_norms(model, buffers: list[dict]) -> None:
+    """The driver's batch norms take the running-statistics update of the whole batch
+    (``whole_batch_statistics``): as if one batch norm had seen every share's input at
+    once (for the first batch norm, which sees the images, exactly one process's update).
+    The mean of the workers' running variances would miss the spread between the shares'
+    means, which on 2-image shares lowers the held-out AP (README, "Training on many
+    cores or machines"). A batch norm some worker did not run exactly once is left to
+    ``merge_buffers``."""
+    for path, bn in _batch_norms(model):
+        shares = [b["batch_statistics"].get(path) for b in buffers]
+        if all(s is not None for s in shares):
+            bn.update_running_statistics(*whole_batch_statistics(shares))
+
+
 def merge_buffers(buffers: list[dict], images: list[int]) -> dict:
     """The buffers the driver keeps: where the workers agree (frozen statistics, counters)
     their common value; else the mean weighted by images (batch-norm running statistics,
     the module docstring)."""
     merged = {}
     for name, first in buffers[0].items():
+        if name == "batch_statistics":
+            continue
         values = [b[name] for b in buffers]
         same = all(np.array_equal(v, first) for v in values[1:])
         if same or not np.issubdtype(first.dtype, np.floating):
@@ -374,7 +414,14 @@ def data_parallel_step(workers, model, optimizer, step: int, batch_size: int, la
     optimizer.step()
     optimizer.zero_grad()
     images = [len(part) for part in parts]
-    model.load_state_dict(merge_buffers([b for _, b, _ in backwards], images), strict=False)
+    buffers = [b for _, b, _ in backwards]
+    merged = merge_buffers(buffers, images)
+    exact = set.intersection(*(set(b["batch_statistics"]) for b in buffers))
+    for path in exact:  # these take the whole batch's update instead, from the state sent
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            merged.pop(f"{path}.{name}", None)
+    model.load_state_dict(merged, strict=False)
+    update_batch_norms(model, buffers)
 
     compute = max(s for _, _, s in forwards) + max(s for _, _, s in backwards)
     times = StepTime(compute, computed - tic - compute, time.perf_counter() - computed)

@@ -336,6 +336,8 @@ class BatchNorm2d(Module):
     Training: normalise with the batch's mean and (biased) variance over N, H, W and
     update ``running_mean``/``running_var`` (unbiased) with ``momentum``, as torch.
     Eval: use the running statistics. ``weight``/``bias`` are Parameters (C,).
+    ``batch_statistics``: (count, mean (C,), biased variance (C,)) of the last training
+    batch, from which data-parallel training (distributed.py) rebuilds the whole batch's.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
@@ -346,6 +348,7 @@ class BatchNorm2d(Module):
         self.register_buffer("running_mean", np.zeros(num_features, np.float32))
         self.register_buffer("running_var", np.ones(num_features, np.float32))
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self.batch_statistics = None
 
     def forward(self, x):
         _check_nchw(x, "BatchNorm2d", self.num_features)
@@ -365,8 +368,16 @@ class BatchNorm2d(Module):
             )
         mean = x.mean(axis=(0, 2, 3))
         var = x.var(axis=(0, 2, 3))
+        self.batch_statistics = (count, mean, var)
         inv = 1.0 / np.sqrt(var + self.eps)
         xhat = (x - mean.reshape(1, -1, 1, 1)) * inv.reshape(1, -1, 1, 1)
+        self.update_running_statistics(count, mean, var)
+        self._save(xhat, inv)
+        return xhat * w + b
+
+    def update_running_statistics(self, count, mean, var):
+        """running = (1 - momentum) running + momentum * the batch's, the variance made
+        unbiased (count / (count - 1)), as torch; mean, var (C,) biased, over count values."""
         m = self.momentum
         self.running_mean = ((1 - m) * self.running_mean + m * mean).astype(self.running_mean.dtype)
         unbiased = var * count / (count - 1)
@@ -374,8 +385,6 @@ class BatchNorm2d(Module):
             self.running_var.dtype
         )
         self.num_batches_tracked = self.num_batches_tracked + 1
-        self._save(xhat, inv)
-        return xhat * w + b
 
     def backward(self, grad_out):
         xhat, inv = self._pop()
