@@ -5,6 +5,7 @@ the step cleanly and the run resumes on any worker count."""
 import os
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from tinymaskrcnn import distributed
 from tinymaskrcnn.data.shapes import ShapesDataset
 from tinymaskrcnn.distributed import (
     FlatLayout,
+    PeerLost,
+    PeerSockets,
     RayWorkers,
     Replica,
     WorkerLost,
@@ -77,6 +80,26 @@ class InProcessWorkers:
         return [getattr(r, method)(*a) for r, a in zip(self.replicas, args, strict=True)]
 
 
+def recording(gather, messages):
+    def wrapped(key, rank, value):
+        messages.append(key)
+        return gather(key, rank, value)
+
+    return wrapped
+
+
+class ThreadedWorkers(InProcessWorkers):
+    """Replicas on one thread each: synchronised batch norms wait for each other."""
+
+    def call(self, method, args):
+        with ThreadPoolExecutor(self.count) as pool:
+            jobs = [
+                pool.submit(getattr(r, method), *a)
+                for r, a in zip(self.replicas, args, strict=True)
+            ]
+            return [job.result() for job in jobs]
+
+
 def float64_model(cfg):
     return MaskRCNN(cfg, rng=np.random.default_rng(0)).astype(np.float64).train()
 
@@ -133,6 +156,60 @@ def test_n_workers_sum_to_the_one_process_gradient(data, workers):
     assert_same_step(losses, optimizer.grads, *expected)
     assert total == pytest.approx(sum(expected[0].values()), rel=1e-12)
     assert min(times.compute, times.update) > 0
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_synchronised_batch_norms_make_the_one_process_step(data, workers):
+    # With batch norm on the whole batch, N workers compute the one-process function:
+    # the same losses, gradients and running statistics (5 images: 3 + 2 and 2 + 2 + 1).
+    cfg, batch_size = exact_config(norm_layer="batch_norm"), 5
+    one = float64_model(cfg)
+    expected_losses = one(*batch_at(data, 1, batch_size, SEED))
+    one.backward()
+    expected_grads = {n: p.grad.copy() for n, p in one.named_parameters() if p.grad is not None}
+    replicas = [
+        Replica(cfg, data, SEED, True, batch_size, "numpy", "float64") for _ in range(workers)
+    ]
+    on_threads = ThreadedWorkers(replicas)
+    addresses = [r.listen(w, workers, "127.0.0.1") for w, r in enumerate(replicas)]
+    on_threads.call("link", [(addresses,)] * workers)
+    messages = []
+    for r in replicas:  # count the messages each worker sends
+        r.sockets.gather = recording(r.sockets.gather, messages)
+    model = float64_model(cfg)
+    optimizer = RecordingSGD(model)
+    losses, _, _ = data_parallel_step(on_threads, model, optimizer, 1, 5)
+    assert_same_step(losses, optimizer.grads, expected_losses, expected_grads)
+    want, got = dict(one.named_buffers()), dict(model.named_buffers())
+    paths = [p for p, m in model.named_modules() if isinstance(m, BatchNorm2d)]
+    assert paths
+    for path in paths:
+        for name in ("running_mean", "running_var"):
+            key = f"{path}.{name}"
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-12, atol=1e-15, err_msg=key)
+        assert got[f"{path}.num_batches_tracked"] == want[f"{path}.num_batches_tracked"]
+    # Each worker met the others twice per batch norm (forward and backward).
+    assert len(messages) == workers * 2 * len(paths)
+    for r in replicas:
+        r.sockets.close()
+    # Unsynchronised, the same step is a different function past the first batch norm.
+    replicas = [Replica(cfg, data, SEED, True, 5, "numpy", "float64") for _ in range(workers)]
+    alone, _, _ = data_parallel_step(InProcessWorkers(replicas), model, RecordingSGD(model), 1, 5)
+    assert abs(alone["loss_mask"] - expected_losses["loss_mask"]) > 1e-9
+
+
+def test_a_worker_whose_peer_dies_says_which_one_is_gone():
+    ends = [PeerSockets(rank, 2, "127.0.0.1", timeout=5) for rank in range(2)]
+    addresses = [end.address for end in ends]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda end: end.connect(addresses), ends))
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(end.gather, (1, "forward", 0), r, r * 10) for r, end in enumerate(ends)]
+        assert [job.result() for job in jobs] == [[0, 10], [0, 10]]
+    ends[1].close()  # what its process ending does to its sockets
+    with pytest.raises(PeerLost, match=r"worker 1 (closed its link|is gone).* at \(1, 'forward', 1\)"):
+        ends[0].gather((1, "forward", 1), 0, 0)
+    ends[0].close()
 
 
 def test_a_flat_vector_carries_the_state_and_the_gradients_exactly(data):
@@ -266,6 +343,22 @@ def test_two_ray_workers_make_the_one_process_step(ray_cluster, data):
         workers.close()
     assert_same_step(losses, optimizer.grads, *expected)
     assert times.transfer > 0
+
+
+def test_two_ray_workers_with_synchronised_batch_norm_make_the_one_process_step(ray_cluster, data):
+    cfg, batch_size = exact_config(norm_layer="batch_norm"), 3
+    expected = one_process_step(cfg, data, batch_size)
+    model = float64_model(cfg)
+    settings = TrainSettings(batch_size=batch_size, workers=2, seed=SEED)
+    assert settings.sync_batch_norm  # the default
+    workers = RayWorkers(model, data, settings, "numpy")
+    try:
+        assert workers.synchronised
+        optimizer = RecordingSGD(model)
+        losses, _, _ = workers.step(model, optimizer, 1, "nowhere")
+    finally:
+        workers.close()
+    assert_same_step(losses, optimizer.grads, *expected)
 
 
 class DiesAt:

@@ -34,12 +34,18 @@ after every worker's forward, hence the two calls per step. Summed this way an N
 step equals the one-process step to float rounding (tests/test_distributed.py: 1e-12
 relative in float64) when three things hold:
 
-- no batch statistics: with ``norm_layer="batch_norm"`` (the shapes preset) each worker
-  normalises over its own share, as torch's DistributedDataParallel does without
-  SyncBatchNorm, so the gradient is that of a slightly different function; the running
-  statistics the driver keeps are pooled over the whole batch: each worker returns its
-  share's count, mean and variance per batch norm, and the driver combines them into the
-  statistics of the whole batch of the workers' activations (``update_batch_norms``);
+- the whole batch's statistics: with ``norm_layer="batch_norm"`` (the shapes preset)
+  and ``TrainSettings.sync_batch_norm`` (the default) the workers' batch norms are
+  synchronised, as torch's SyncBatchNorm: at each one every worker sends its share's
+  count, mean and variance over its links to the others (``PeerSockets``) and
+  normalises with the pooled
+  statistics of the whole batch, and in backward the two per-channel sums of its gradient
+  are summed over the workers likewise, so the step is the one-process step (tested like
+  the frozen case). Unsynchronised, each worker normalises over its own share, as torch's
+  DistributedDataParallel alone, so the gradient is that of a different function (on
+  2-image shares of the shapes preset, a held-out AP50 of 0.82 instead of 0.99 after the
+  recipe's 3600 steps; README, "Training on many cores or machines"); the running
+  statistics the driver keeps are then the shares' pooled (``update_batch_norms``);
 - the same samples: the anchor and RoI samplers draw from a generator per worker and
   step, ``np.random.default_rng([seed, step, first position of the share])``, so a run is
   reproducible for a given N, and a run resumed with another N continues exactly as a run
@@ -68,7 +74,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import socket
+import struct
 import time
 
 import numpy as np
@@ -77,6 +85,7 @@ from .data.batching import examples_at
 from .kernels import use_backend
 from .model import LOSS_NAMES, MaskRCNN
 from .nn import BatchNorm2d
+from .nn.layers import pooled_statistics
 from .run_folder import StepTime
 from .train_state import check_finite
 
@@ -239,7 +248,8 @@ class Replica:
     set (sent to the worker once, so on other machines its files must be at the same
     paths); seed, hflip, batch_size: the TrainSettings fields that make a batch;
     backend: the kernels' backend; dtype: of the parameters ("float32", or "float64" for
-    the equality test).
+    the equality test). Each batch norm normalises over this worker's share until
+    ``listen`` and ``link`` (or ``synchronise``) connect the workers' batch norms.
     """
 
     def __init__(self, cfg, dataset, seed, hflip, batch_size, backend, dtype="float32"):
@@ -249,6 +259,26 @@ class Replica:
         self.dataset, self.seed, self.hflip = dataset, seed, hflip
         self.batch_size, self.backend = batch_size, backend
         self.layout = FlatLayout(self.model)
+        self.synced = self.sockets = None
+
+    def listen(self, rank: int, count: int, host: str | None = None) -> tuple[str, int]:
+        """Open this worker's end of the workers' links (``PeerSockets``) as worker
+        ``rank`` of ``count``; returns the (host, port) the others connect to."""
+        self.sockets = PeerSockets(rank, count, host)
+        return self.sockets.address
+
+    def link(self, addresses: list[tuple[str, int]]) -> None:
+        """Connect to every other worker (``addresses``: each one's ``listen``, in rank
+        order; every worker must be in ``link`` at once) and synchronise the batch norms
+        through those links."""
+        self.sockets.connect(addresses)
+        self.synchronise(self.sockets, self.sockets.rank)
+
+    def synchronise(self, peers, rank: int) -> None:
+        """From now on the batch norms normalise over the whole batch (``SyncedBatchNorms``):
+        ``peers.gather(key, rank, value)`` returns every worker's ``value`` for ``key`` in
+        rank order."""
+        self.synced = SyncedBatchNorms(self.model, peers, rank)
 
     def where(self) -> tuple[str, int, str, tuple]:
         """(host name, process id, path of the tinymaskrcnn package it runs, the key of its
@@ -266,9 +296,12 @@ class Replica:
         -> int, seconds).
         """
         tic = time.perf_counter()
+        self._step = step
         self.model.load_state_dict(self.layout.unpack_state(state))
         self._tracked = {p: int(bn.num_batches_tracked) for p, bn in _batch_norms(self.model)}
         self.model.zero_grad()
+        if self.synced is not None:
+            self.synced.begin(step, "forward")
         self.model.rng = np.random.default_rng([self.seed, step, share.start])
         first = step * self.batch_size
         positions = range(first + share.start, first + share.stop)
@@ -293,9 +326,13 @@ class Replica:
 
         Returns (grads: ``FlatLayout.pack_grads``' pair, the parameters that got one;
         buffers: every buffer by name, and under "batch_statistics" the batch norms' that
-        normalised this share once: path -> ``BatchNorm2d.batch_statistics``; seconds).
+        normalised this share once: path -> ``BatchNorm2d.batch_statistics``, none when
+        they are synchronised, whose running statistics are already the whole batch's;
+        seconds).
         """
         tic = time.perf_counter()
+        if self.synced is not None:
+            self.synced.begin(self._step, "backward")
         with use_backend(self.backend):
             self.model.backward(loss_weights)
         grads = self.layout.pack_grads(self.model)
@@ -303,7 +340,7 @@ class Replica:
         buffers["batch_statistics"] = {
             path: bn.batch_statistics
             for path, bn in _batch_norms(self.model)
-            if int(bn.num_batches_tracked) == self._tracked[path] + 1
+            if int(bn.num_batches_tracked) == self._tracked[path] + 1 and self.synced is None
         }
         return grads, buffers, time.perf_counter() - tic
 
@@ -311,6 +348,142 @@ class Replica:
 def _batch_norms(model):
     """(path, module) of every BatchNorm2d of ``model`` (those with batch statistics)."""
     return [(p, m) for p, m in model.named_modules() if isinstance(m, BatchNorm2d)]
+
+
+# --- synchronised batch norm ------------------------------------------------------------
+
+
+class SyncedBatchNorms:
+    """Gives every BatchNorm2d of a worker's model an ``all_gather`` through ``peers``.
+
+    The workers run the same model on their shares, so their batch norms meet in the same
+    order: the k-th gather of step s's forward (or backward) on one worker is the k-th on
+    every other, and ``(s, "forward", k)`` names it in their messages. A batch norm's
+    forward sends (count, mean, variance) of its share, its backward the two per-channel
+    sums of its gradient: 2 C numbers, for each batch norm twice per step.
+    """
+
+    def __init__(self, model, peers, rank: int):
+        self.peers, self.rank = peers, int(rank)
+        self.key, self.calls = None, 0
+        for _, bn in _batch_norms(model):
+            bn.all_gather = self.all_gather
+
+    def begin(self, step: int, phase: str) -> None:
+        self.key, self.calls = (int(step), phase), 0
+
+    def all_gather(self, value) -> list:
+        key = (*self.key, self.calls)
+        self.calls += 1
+        return self.peers.gather(key, self.rank, value)
+
+
+class PeerLost(ConnectionError):
+    """Another worker closed its link or went silent in the middle of a step."""
+
+
+class PeerSockets:
+    """The workers' all-gather for synchronised batch norm: a TCP connection between every
+    two workers, each message one pickled (key, value) behind its 8-byte length.
+
+    Ray moves the weights and gradients, but a call through it costs 1.3-3 ms here
+    (driver or worker to an actor and back, measured), and a synchronised step needs 40
+    gathers (two per batch norm of the shapes preset): 0.2 s of a 0.3 s step. A message
+    on an open socket costs tens of microseconds, so the step pays only the waits for the
+    slowest share. Ray's own collectives need gloo through torch or NCCL through a GPU,
+    neither of which this package depends on.
+
+    A gather sends this worker's value to every other and then reads theirs; the values
+    (a few per-channel arrays) are far below a socket's buffer, so the sends never wait
+    for a reader. ``timeout`` seconds of silence from a worker, or its link closing (its
+    process died), raise PeerLost naming it.
+    """
+
+    def __init__(self, rank: int, count: int, host: str | None = None, timeout: float = 600.0):
+        self.rank, self.count, self.timeout = int(rank), int(count), float(timeout)
+        host = _node_address() if host is None else host
+        self.listener = socket.create_server((host, 0), backlog=max(1, count))
+        self.address = (host, self.listener.getsockname()[1])
+        self.links = {}
+
+    def connect(self, addresses) -> None:
+        """Worker r connects to every lower rank and accepts every higher one: the kernel
+        completes a connection before ``accept``, so no order of arrival waits forever."""
+        for other in range(self.rank):
+            link = socket.create_connection(tuple(addresses[other]), timeout=self.timeout)
+            self._ready(link)
+            _send(link, pickle.dumps(self.rank))
+            self.links[other] = link
+        self.listener.settimeout(self.timeout)
+        for _ in range(self.rank + 1, self.count):
+            link, _ = self.listener.accept()
+            self._ready(link)
+            self.links[pickle.loads(_receive(link, "a worker that connected"))] = link
+        self.listener.close()
+
+    def _ready(self, link) -> None:
+        link.settimeout(self.timeout)
+        # Each message is one small write that the other side waits for: never delay it
+        # to coalesce it with a next one (Nagle's algorithm would, by up to 40 ms).
+        link.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def gather(self, key, rank: int, value) -> list:
+        message = pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL)
+        for other, link in self.links.items():
+            try:
+                _send(link, message)
+            except OSError as err:
+                raise PeerLost(f"worker {other} is gone ({err}) at {key}") from None
+        values = [None] * self.count
+        values[rank] = value
+        for other, link in self.links.items():
+            got, values[other] = pickle.loads(_receive(link, f"worker {other}", key))
+            if got != key:
+                raise RuntimeError(f"worker {other} sent {got} while worker {rank} was at {key}")
+        return values
+
+    def close(self) -> None:
+        for link in self.links.values():
+            link.close()
+        self.links = {}
+
+
+def _node_address() -> str:
+    """This machine's address on the Ray cluster (what the other machines reach it by),
+    or the loopback outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except ImportError:
+        pass
+    return "127.0.0.1"
+
+
+def _send(link, message: bytes) -> None:
+    link.sendall(struct.pack("<Q", len(message)) + message)
+
+
+def _receive(link, who: str, key=None) -> bytes:
+    at = "" if key is None else f" at {key}"
+    chunks, size = [], None
+    want = 8
+    while want:
+        try:
+            chunk = link.recv(min(want, 1 << 20))
+        except TimeoutError:
+            raise PeerLost(f"{who} sent nothing for {link.gettimeout():.0f} s{at}") from None
+        except OSError as err:
+            raise PeerLost(f"{who} is gone ({err}){at}") from None
+        if not chunk:
+            raise PeerLost(f"{who} closed its link (its process ended){at}")
+        chunks.append(chunk)
+        want -= len(chunk)
+        if not want and size is None:
+            (size,) = struct.unpack("<Q", b"".join(chunks))
+            chunks, want = [], size
+    return b"".join(chunks)
 
 
 # --- the driver's arithmetic ------------------------------------------------------------
@@ -346,29 +519,20 @@ def sum_gradients(grads: list[tuple]) -> tuple:
     return total, tuple(present)
 
 
-def whole_batch_statistics(statistics: list[tuple]) -> tuple:
-    """The (count, mean, biased variance) of the whole batch from its shares' (a
-    ``BatchNorm2d.batch_statistics`` per worker): the pooled mean, and the mean of the
-    shares' variances plus the spread of their means about it (Chan, Golub & LeVeque's
-    pairwise update, 1979), each weighted by its count."""
-    count = sum(n for n, _, _ in statistics)
-    mean = sum(n * m.astype(np.float64) for n, m, _ in statistics) / count
-    var = sum(n * (v + (m.astype(np.float64) - mean) ** 2) for n, m, v in statistics) / count
-    return count, mean, var
-
-
-def update_batch_norms(model, buffers: list[dict]) -> None:
-    """The driver's batch norms take the running-statistics update of the whole batch
-    (``whole_batch_statistics``): as if one batch norm had seen every share's input at
-    once (for the first batch norm, which sees the images, exactly one process's update).
-    The mean of the workers' running variances would miss the spread between the shares'
-    means, which on 2-image shares lowers the held-out AP (README, "Training on many
-    cores or machines"). A batch norm some worker did not run exactly once is left to
-    ``merge_buffers``."""
+def update_batch_norms(model, buffers: list[dict], merged: dict) -> None:
+    """Unsynchronised batch norms: the driver's take the running-statistics update of the
+    whole batch (``pooled_statistics`` of the shares' ``batch_statistics``), as if one
+    batch norm had seen every share's input at once (for the first batch norm, which sees
+    the images, exactly one process's update), and their running statistics leave
+    ``merged`` (``merge_buffers``' dict, loaded after this). The mean of the workers'
+    running variances would miss the spread between the shares' means. A batch norm some
+    worker did not run exactly once keeps ``merge_buffers``' value."""
     for path, bn in _batch_norms(model):
         shares = [b["batch_statistics"].get(path) for b in buffers]
         if all(s is not None for s in shares):
-            bn.update_running_statistics(*whole_batch_statistics(shares))
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                merged.pop(f"{path}.{name}", None)
+            bn.update_running_statistics(*pooled_statistics(shares))
 
 
 def merge_buffers(buffers: list[dict], images: list[int]) -> dict:
@@ -416,12 +580,8 @@ def data_parallel_step(workers, model, optimizer, step: int, batch_size: int, la
     images = [len(part) for part in parts]
     buffers = [b for _, b, _ in backwards]
     merged = merge_buffers(buffers, images)
-    exact = set.intersection(*(set(b["batch_statistics"]) for b in buffers))
-    for path in exact:  # these take the whole batch's update instead, from the state sent
-        for name in ("running_mean", "running_var", "num_batches_tracked"):
-            merged.pop(f"{path}.{name}", None)
+    update_batch_norms(model, buffers, merged)
     model.load_state_dict(merged, strict=False)
-    update_batch_norms(model, buffers)
 
     compute = max(s for _, _, s in forwards) + max(s for _, _, s in backwards)
     times = StepTime(compute, computed - tic - compute, time.perf_counter() - computed)
@@ -447,6 +607,9 @@ class RayWorkers:
         self.batch_size = settings.batch_size
         self._owns_ray = not ray.is_initialized()
         self.actors = []
+        self.synchronised = bool(
+            settings.sync_batch_norm and self.count > 1 and _batch_norms(model)
+        )
         try:
             if self._owns_ray:
                 options = dict(include_dashboard=False, logging_level=logging.WARNING)
@@ -478,6 +641,9 @@ class RayWorkers:
                         "a model whose parameters differ from this process's; install the "
                         "same tinymaskrcnn version on every machine of the cluster"
                     )
+            if self.synchronised:
+                addresses = self.call("listen", [(w, self.count) for w in range(self.count)])
+                self.call("link", [(addresses,)] * self.count)
         except BaseException:
             self.close()
             raise
@@ -488,12 +654,17 @@ class RayWorkers:
 
     def call(self, method: str, args: list[tuple]) -> list:
         """Run Replica.``method`` on every worker (``args[w]`` for worker w) and wait for
-        all; a dead worker raises WorkerLost naming it."""
+        all; a dead worker raises WorkerLost naming it. Results are taken as they come:
+        with synchronised batch norms a dead worker's peers fail with PeerLost, which
+        may arrive first: it is kept until the dead worker's own error names it."""
         refs = [getattr(a, method).remote(*x) for a, x in zip(self.actors, args, strict=True)]
-        results = []
-        for w, ref in enumerate(refs):
+        worker_of = {ref: w for w, ref in enumerate(refs)}
+        results, pending, lost = [None] * len(refs), list(refs), None
+        while pending:
+            ready, pending = self._ray.wait(pending, num_returns=1)
+            w = worker_of[ready[0]]
             try:
-                results.append(self._ray.get(ref))
+                results[w] = self._ray.get(ready[0])
             except self._ray.exceptions.RayActorError as err:
                 where = getattr(self, "where", None)
                 at = f" (pid {where[w][1]} on {where[w][0]})" if where else ""
@@ -501,6 +672,10 @@ class RayWorkers:
                 raise WorkerLost(
                     f"worker {w} of {self.count}{at} died{self._context}: {reason}"
                 ) from None
+            except PeerLost as err:  # Ray raises the worker's exception as its own type
+                lost = lost or WorkerLost(f"worker {w} of {self.count} lost a peer: {err}")
+        if lost is not None:
+            raise lost
         return results
 
     def step(self, model, optimizer, step: int, checkpoint: str):

@@ -218,6 +218,7 @@ def _open_run(cfg, out_dir, settings, resume):
             checkpoint_every=settings.checkpoint_every,
             eval_every=settings.eval_every,
             workers=settings.workers,
+            sync_batch_norm=settings.sync_batch_norm,
         )
         return model, optimizer, start, settings
     if cfg is None:

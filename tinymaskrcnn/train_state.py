@@ -63,6 +63,10 @@ class TrainSettings:
     eval_seed: seed of the held-out shapes set
     workers: processes that share each step's batch (data parallelism on Ray, needs
         the [distributed] extra); 1 trains in this process. Any count resumes a run.
+    sync_batch_norm: with workers > 1, batch norm normalises over the whole batch (the
+        workers exchange each batch norm's per-channel statistics, as torch's
+        SyncBatchNorm), so any worker count trains the one-process model; off, over each
+        worker's share (torch's DistributedDataParallel alone), faster but lower held-out AP
     """
 
     steps: int = 3600
@@ -82,6 +86,7 @@ class TrainSettings:
     eval_images: int = 200
     eval_seed: int = 12345
     workers: int = 1
+    sync_batch_norm: bool = True
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "train_images", "workers"):

@@ -330,6 +330,17 @@ class FrozenBatchNorm2d(Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
+def pooled_statistics(statistics) -> tuple:
+    """(count, mean (C,), biased variance (C,)) of a batch from its parts' (one such triple
+    each): the mean weighted by count, and the mean of the parts' variances plus the spread
+    of their means about it (Chan, Golub & LeVeque's pairwise update, 1979). Computed in
+    float64, so float32 parts lose nothing to the sums."""
+    count = sum(n for n, _, _ in statistics)
+    mean = sum(n * m.astype(np.float64) for n, m, _ in statistics) / count
+    var = sum(n * (v + (m.astype(np.float64) - mean) ** 2) for n, m, v in statistics) / count
+    return count, mean, var
+
+
 class BatchNorm2d(Module):
     """Batch norm (Ioffe & Szegedy, 2015) for training from scratch.
 
@@ -338,6 +349,13 @@ class BatchNorm2d(Module):
     Eval: use the running statistics. ``weight``/``bias`` are Parameters (C,).
     ``batch_statistics``: (count, mean (C,), biased variance (C,)) of the last training
     batch, from which data-parallel training (distributed.py) rebuilds the whole batch's.
+
+    ``all_gather``: None, or (data-parallel training with synchronised batch norm, as
+    torch's SyncBatchNorm) a callable that sends this worker's value to every worker and
+    returns all of theirs in worker order. Then the batch is the union of the workers'
+    shares: forward pools their (count, mean, variance) into the whole batch's
+    (``pooled_statistics``) and backward sums the two per-channel sums its gradient needs
+    over the workers, so that N workers compute what one process would on the whole batch.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1):
@@ -349,6 +367,7 @@ class BatchNorm2d(Module):
         self.register_buffer("running_var", np.ones(num_features, np.float32))
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
         self.batch_statistics = None
+        self.all_gather = None
 
     def forward(self, x):
         _check_nchw(x, "BatchNorm2d", self.num_features)
@@ -368,11 +387,14 @@ class BatchNorm2d(Module):
             )
         mean = x.mean(axis=(0, 2, 3))
         var = x.var(axis=(0, 2, 3))
+        if self.all_gather is not None:
+            count, mean, var = pooled_statistics(self.all_gather((count, mean, var)))
+            mean, var = mean.astype(x.dtype), var.astype(x.dtype)
         self.batch_statistics = (count, mean, var)
         inv = 1.0 / np.sqrt(var + self.eps)
         xhat = (x - mean.reshape(1, -1, 1, 1)) * inv.reshape(1, -1, 1, 1)
         self.update_running_statistics(count, mean, var)
-        self._save(xhat, inv)
+        self._save(xhat, inv, count)
         return xhat * w + b
 
     def update_running_statistics(self, count, mean, var):
@@ -387,15 +409,19 @@ class BatchNorm2d(Module):
         self.num_batches_tracked = self.num_batches_tracked + 1
 
     def backward(self, grad_out):
-        xhat, inv = self._pop()
+        xhat, inv, count = self._pop()
         if self.weight.requires_grad:
             self.weight.accumulate((grad_out * xhat).sum(axis=(0, 2, 3)))
         if self.bias.requires_grad:
             self.bias.accumulate(grad_out.sum(axis=(0, 2, 3)))
         # d/dx of (x - mean) / std with mean and std taken from the same batch.
         g = grad_out * self.weight.data.astype(grad_out.dtype).reshape(1, -1, 1, 1)
-        g_mean = g.mean(axis=(0, 2, 3), keepdims=True)
-        gx_mean = (g * xhat).mean(axis=(0, 2, 3), keepdims=True)
+        if self.all_gather is None:
+            g_mean = g.mean(axis=(0, 2, 3), keepdims=True)
+            gx_mean = (g * xhat).mean(axis=(0, 2, 3), keepdims=True)
+        else:  # the means over the whole batch: every worker's values moved its mean and std
+            sums = np.stack([g.sum(axis=(0, 2, 3)), (g * xhat).sum(axis=(0, 2, 3))])
+            g_mean, gx_mean = (sum(self.all_gather(sums)) / count).reshape(2, 1, -1, 1, 1)
         return (g - g_mean - xhat * gx_mean) * inv.reshape(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
@@ -412,6 +438,7 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_backward",
     "nearest_indices",
+    "pooled_statistics",
     "upsample_nearest",
     "upsample_nearest_backward",
 ]
