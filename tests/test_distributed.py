@@ -207,7 +207,9 @@ def test_a_worker_whose_peer_dies_says_which_one_is_gone():
         jobs = [pool.submit(end.gather, (1, "forward", 0), r, r * 10) for r, end in enumerate(ends)]
         assert [job.result() for job in jobs] == [[0, 10], [0, 10]]
     ends[1].close()  # what its process ending does to its sockets
-    with pytest.raises(PeerLost, match=r"worker 1 (closed its link|is gone).* at \(1, 'forward', 1\)"):
+    with pytest.raises(
+        PeerLost, match=r"worker 1 (closed its link|is gone).* at \(1, 'forward', 1\)"
+    ):
         ends[0].gather((1, "forward", 1), 0, 0)
     ends[0].close()
 
@@ -395,3 +397,13 @@ def test_a_killed_worker_fails_its_step_and_the_run_resumes_on_another_count(
     log = read_log(tmp_path / LOG)
     np.testing.assert_array_equal(log["step"], [1, 2, 3, 4])
     assert (log["transfer"][:2] > 0).all() and (log["transfer"][2:] == 0).all()
+
+
+def test_a_worker_that_cannot_reach_another_says_how_to_train_without_the_links():
+    listening = PeerSockets(0, 2, "127.0.0.1")
+    address = listening.address
+    listening.listener.close()  # nothing listens there any more
+    with pytest.raises(
+        PeerLost, match=r"worker 1 cannot reach worker 0 at 127\.0\.0\.1:\d+ .*--no-sync"
+    ):
+        PeerSockets(1, 2, "127.0.0.1", timeout=5).connect([address, None])

@@ -410,13 +410,28 @@ class PeerSockets:
         """Worker r connects to every lower rank and accepts every higher one: the kernel
         completes a connection before ``accept``, so no order of arrival waits forever."""
         for other in range(self.rank):
-            link = socket.create_connection(tuple(addresses[other]), timeout=self.timeout)
+            host, port = addresses[other]
+            try:
+                link = socket.create_connection((host, port), timeout=self.timeout)
+            except OSError as err:
+                raise PeerLost(
+                    f"worker {self.rank} cannot reach worker {other} at {host}:{port} ({err}); "
+                    "synchronised batch norm needs the workers' machines to reach each other "
+                    "on any TCP port (or train with --no-sync-batch-norm)"
+                ) from None
             self._ready(link)
             _send(link, pickle.dumps(self.rank))
             self.links[other] = link
         self.listener.settimeout(self.timeout)
         for _ in range(self.rank + 1, self.count):
-            link, _ = self.listener.accept()
+            try:
+                link, _ = self.listener.accept()
+            except TimeoutError:
+                missing = sorted(set(range(self.rank + 1, self.count)) - set(self.links))
+                raise PeerLost(
+                    f"worker {self.rank} waited {self.timeout:.0f} s for workers {missing} "
+                    f"to connect to {self.address[0]}:{self.address[1]}"
+                ) from None
             self._ready(link)
             self.links[pickle.loads(_receive(link, "a worker that connected"))] = link
         self.listener.close()
