@@ -91,6 +91,7 @@ def test_numba_winograd_conv2d_equals_the_reference(
     b = rng.standard_normal(out_channels).astype(dtype) if bias else None
     expected = reference(nn.conv2d, x, wt, b, 1, padding)
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(numba_conv, "WINOGRAD_MIN_PRODUCT", 0)  # these sizes, too, on Winograd
         if small_bands:  # one row of tiles per band: every band boundary is exercised
             patch.setattr(numba_conv, "WINOGRAD_BAND_BYTES", 1)
         got = kernels.kernel("conv2d", "numba")(x, wt, b, (1, 1), padding, (1, 1), 1)
@@ -127,6 +128,7 @@ def test_numba_winograd_conv2d_backward_equals_the_reference(
     gy = rng.standard_normal((n, out_channels, ho, wo)).astype(dtype)
     expected = reference(nn.conv2d_backward, gy, x, wt, 1, padding)
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(numba_conv, "WINOGRAD_MIN_PRODUCT", 0)
         if small_bands:
             patch.setattr(numba_conv, "WINOGRAD_BAND_BYTES", 1)
         fast_w = kernels.kernel("conv2d_weight_grad", "numba")
@@ -149,10 +151,12 @@ def test_numba_winograd_conv2d_backward_equals_the_reference(
     [(1, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 1), (3, 1, 1, 2), (5, 1, 1, 1)],
 )
 def test_numba_conv2d_leaves_other_geometries_to_the_reference(
-    kernel_size, stride, dilation, groups
+    kernel_size, stride, dilation, groups, monkeypatch
 ):
     # None tells nn.conv2d to run the reference (on the numba im2col); the result is
-    # still the reference's.
+    # still the reference's. Every size would go to Winograd: only the geometry decides.
+    monkeypatch.setattr(pytest.importorskip("tinymaskrcnn.kernels.numba_conv"),
+                        "WINOGRAD_MIN_PRODUCT", 0)  # fmt: skip
     rng = np.random.default_rng(kernel_size + stride + dilation + groups)
     x = rng.standard_normal((1, 4, 12, 12)).astype(np.float32)
     wt = rng.standard_normal((2, 4 // groups, kernel_size, kernel_size)).astype(np.float32)
@@ -169,6 +173,20 @@ def test_numba_conv2d_leaves_other_geometries_to_the_reference(
     expected = reference(nn.conv2d_backward, gy, x, wt, stride, 1, dilation, groups)
     for a, b in zip(grads, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_takes_only_the_convolutions_large_enough_to_gain():
+    numba_conv = pytest.importorskip("tinymaskrcnn.kernels.numba_conv")
+
+    def applies(n, c, o, h, w):  # a view with the shape and no memory behind it
+        x = np.broadcast_to(np.float32(0), (n, c, h, w))
+        return numba_conv.winograd_applies(x, (o, c, 3, 3), (1, 1), (1, 1), 1)
+
+    assert not applies(4, 16, 16, 32, 32)  # the shapes model's layer1 at a batch of 4
+    assert not applies(1, 64, 64, 32, 32)  # its FPN on one image
+    assert applies(1, 64, 64, 200, 304)  # ResNet-50's layer1 at 800 x 1216
+    assert applies(1, 512, 512, 25, 38)  # and its layer4
+    assert not applies(0, 512, 512, 25, 38)
 
 
 def test_a_small_backbone_under_numba_equals_the_reference_forward_and_backward():

@@ -97,6 +97,14 @@ def col2im(cols, out, kernel_size, stride, dilation, rows):
 
 WINOGRAD_BAND_BYTES = 64 * 2**20
 
+# Below this size of the product (N * H * W * C * O, about a ninth of its multiply-adds)
+# the transforms cost more than the multiplies they save, and im2col's one GEMM in BLAS
+# wins: measured on the AVX2 VM (benchmarks/RESULTS.md, "Every benchmark again on
+# another VM"), the shapes model's convolutions (16-128 channels on maps of 4 x 4 to
+# 32 x 32, up to 2^24 at a batch of 4) ran up to 2x faster on im2col, ResNet-50's (from
+# 2^26 up) 1.4-1.8x faster on Winograd; around 2^24 the two tied.
+WINOGRAD_MIN_PRODUCT = 2**24
+
 
 @njit(parallel=True, cache=True)
 def _winograd_weights(w, u):
@@ -200,13 +208,16 @@ def _winograd_output(m, bias, g0, g1, th, tw, y):
 
 
 def winograd_applies(x, weight_shape, stride, dilation, groups) -> bool:
-    """True for the convolutions F(2x2, 3x3) computes: 3x3, stride 1, no dilation or groups."""
+    """True for the convolutions F(2x2, 3x3) computes (3x3, stride 1, no dilation or
+    groups) that are large enough to gain from it (``WINOGRAD_MIN_PRODUCT``)."""
+    n, c, h, w = x.shape
     return (
         tuple(weight_shape[2:]) == (3, 3)
         and tuple(stride) == (1, 1)
         and tuple(dilation) == (1, 1)
         and groups == 1
-        and x.shape[0] > 0
+        and n > 0
+        and n * h * w * c * weight_shape[0] >= WINOGRAD_MIN_PRODUCT
     )
 
 
