@@ -81,9 +81,9 @@ class InProcessWorkers:
 
 
 def recording(gather, messages):
-    def wrapped(key, rank, value):
+    def wrapped(key, value):
         messages.append(key)
-        return gather(key, rank, value)
+        return gather(key, value)
 
     return wrapped
 
@@ -204,13 +204,13 @@ def test_a_worker_whose_peer_dies_says_which_one_is_gone():
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda end: end.connect(addresses), ends))
     with ThreadPoolExecutor(2) as pool:
-        jobs = [pool.submit(end.gather, (1, "forward", 0), r, r * 10) for r, end in enumerate(ends)]
+        jobs = [pool.submit(end.gather, (1, "forward", 0), r * 10) for r, end in enumerate(ends)]
         assert [job.result() for job in jobs] == [[0, 10], [0, 10]]
     ends[1].close()  # what its process ending does to its sockets
     with pytest.raises(
         PeerLost, match=r"worker 1 (closed its link|is gone).* at \(1, 'forward', 1\)"
     ):
-        ends[0].gather((1, "forward", 1), 0, 0)
+        ends[0].gather((1, "forward", 1), 0)
     ends[0].close()
 
 

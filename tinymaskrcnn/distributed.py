@@ -249,7 +249,7 @@ class Replica:
     paths); seed, hflip, batch_size: the TrainSettings fields that make a batch;
     backend: the kernels' backend; dtype: of the parameters ("float32", or "float64" for
     the equality test). Each batch norm normalises over this worker's share until
-    ``listen`` and ``link`` (or ``synchronise``) connect the workers' batch norms.
+    ``listen`` and ``link`` connect the workers' batch norms.
     """
 
     def __init__(self, cfg, dataset, seed, hflip, batch_size, backend, dtype="float32"):
@@ -272,13 +272,7 @@ class Replica:
         order; every worker must be in ``link`` at once) and synchronise the batch norms
         through those links."""
         self.sockets.connect(addresses)
-        self.synchronise(self.sockets, self.sockets.rank)
-
-    def synchronise(self, peers, rank: int) -> None:
-        """From now on the batch norms normalise over the whole batch (``SyncedBatchNorms``):
-        ``peers.gather(key, rank, value)`` returns every worker's ``value`` for ``key`` in
-        rank order."""
-        self.synced = SyncedBatchNorms(self.model, peers, rank)
+        self.synced = SyncedBatchNorms(self.model, self.sockets)
 
     def where(self) -> tuple[str, int, str, tuple]:
         """(host name, process id, path of the tinymaskrcnn package it runs, the key of its
@@ -337,11 +331,15 @@ class Replica:
             self.model.backward(loss_weights)
         grads = self.layout.pack_grads(self.model)
         buffers = dict(self.model.named_buffers())
-        buffers["batch_statistics"] = {
-            path: bn.batch_statistics
-            for path, bn in _batch_norms(self.model)
-            if int(bn.num_batches_tracked) == self._tracked[path] + 1 and self.synced is None
-        }
+        buffers["batch_statistics"] = (
+            {}
+            if self.synced is not None
+            else {
+                path: bn.batch_statistics
+                for path, bn in _batch_norms(self.model)
+                if int(bn.num_batches_tracked) == self._tracked[path] + 1
+            }
+        )
         return grads, buffers, time.perf_counter() - tic
 
 
@@ -354,7 +352,8 @@ def _batch_norms(model):
 
 
 class SyncedBatchNorms:
-    """Gives every BatchNorm2d of a worker's model an ``all_gather`` through ``peers``.
+    """Gives every BatchNorm2d of a worker's model an ``all_gather`` through ``peers``
+    (its ``PeerSockets``).
 
     The workers run the same model on their shares, so their batch norms meet in the same
     order: the k-th gather of step s's forward (or backward) on one worker is the k-th on
@@ -363,8 +362,8 @@ class SyncedBatchNorms:
     sums of its gradient: 2 C numbers, for each batch norm twice per step.
     """
 
-    def __init__(self, model, peers, rank: int):
-        self.peers, self.rank = peers, int(rank)
+    def __init__(self, model, peers):
+        self.peers = peers
         self.key, self.calls = None, 0
         for _, bn in _batch_norms(model):
             bn.all_gather = self.all_gather
@@ -375,7 +374,7 @@ class SyncedBatchNorms:
     def all_gather(self, value) -> list:
         key = (*self.key, self.calls)
         self.calls += 1
-        return self.peers.gather(key, self.rank, value)
+        return self.peers.gather(key, value)
 
 
 class PeerLost(ConnectionError):
@@ -442,7 +441,8 @@ class PeerSockets:
         # to coalesce it with a next one (Nagle's algorithm would, by up to 40 ms).
         link.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def gather(self, key, rank: int, value) -> list:
+    def gather(self, key, value) -> list:
+        """Every worker's ``value`` for ``key``, in rank order (this one's included)."""
         message = pickle.dumps((key, value), protocol=pickle.HIGHEST_PROTOCOL)
         for other, link in self.links.items():
             try:
@@ -450,11 +450,13 @@ class PeerSockets:
             except OSError as err:
                 raise PeerLost(f"worker {other} is gone ({err}) at {key}") from None
         values = [None] * self.count
-        values[rank] = value
+        values[self.rank] = value
         for other, link in self.links.items():
             got, values[other] = pickle.loads(_receive(link, f"worker {other}", key))
             if got != key:
-                raise RuntimeError(f"worker {other} sent {got} while worker {rank} was at {key}")
+                raise RuntimeError(
+                    f"worker {other} sent {got} while worker {self.rank} was at {key}"
+                )
         return values
 
     def close(self) -> None:
@@ -481,12 +483,17 @@ def _send(link, message: bytes) -> None:
 
 
 def _receive(link, who: str, key=None) -> bytes:
+    """One message of ``_send``'s: its 8-byte length, then that many bytes."""
+    (size,) = struct.unpack("<Q", _read_exactly(link, 8, who, key))
+    return _read_exactly(link, size, who, key)
+
+
+def _read_exactly(link, size: int, who: str, key) -> bytes:
     at = "" if key is None else f" at {key}"
-    chunks, size = [], None
-    want = 8
-    while want:
+    chunks = []
+    while size:
         try:
-            chunk = link.recv(min(want, 1 << 20))
+            chunk = link.recv(min(size, 1 << 20))
         except TimeoutError:
             raise PeerLost(f"{who} sent nothing for {link.gettimeout():.0f} s{at}") from None
         except OSError as err:
@@ -494,10 +501,7 @@ def _receive(link, who: str, key=None) -> bytes:
         if not chunk:
             raise PeerLost(f"{who} closed its link (its process ended){at}")
         chunks.append(chunk)
-        want -= len(chunk)
-        if not want and size is None:
-            (size,) = struct.unpack("<Q", b"".join(chunks))
-            chunks, want = [], size
+        size -= len(chunk)
     return b"".join(chunks)
 
 
