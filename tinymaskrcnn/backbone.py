@@ -227,6 +227,11 @@ class ResNet(nn.Module):
         for name, p in self.named_parameters():
             p.requires_grad = any(name.startswith(t) for t in trained)
 
+    def folds(self) -> bool:
+        """True when forward takes the folded inference path: nothing kept for backward
+        (eval mode or no_grad) and frozen batch norm."""
+        return _folds(self)
+
     def _stages(self):
         return [self._stem, self.layer1, self.layer2, self.layer3, self.layer4]
 

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-from . import nn
+from . import kernels, nn
 from .config import MaskRCNNConfig
 from .fpn import resnet_fpn_backbone
 from .roi_heads import RoIHeads
@@ -83,7 +83,9 @@ class MaskRCNN(nn.Module):
     [1, num_classes), masks (G, H, W) uint8 in {0, 1}. G = 0 trains as background.
     trace: None, or a function ``trace(stage, **arrays)`` called once per call at each
     stage boundary, in the order of ``STAGES`` (see there for what each passes); what
-    it receives is the model's own arrays, not copies: read, don't write.
+    it receives is the model's own arrays, not copies: read, don't write. Under the
+    "cuda" backend in inference with frozen batch norm, the backbone's and the FPN's maps
+    are device arrays (``kernels.to_host`` copies one over).
     """
 
     def __init__(self, cfg: MaskRCNNConfig | None = None, rng=None, class_names=None):
@@ -133,6 +135,11 @@ class MaskRCNN(nn.Module):
             original_sizes=original_sizes,
             targets=targets,
         )
+        if self.backbone.body.folds():
+            # Every layer of the folded backbone, the FPN and the heads' convolutions has
+            # a CUDA kernel for device arrays, so under "cuda" the maps stay on the GPU
+            # from the image to the RoI features; the stages bring back what NumPy reads.
+            batch = kernels.resident(batch)
         features = self.backbone(batch, trace=trace)
         proposals, rpn_losses = self.rpn(
             features, image_sizes, batch.shape[2:], targets, rng=self.rng, trace=trace

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import nn
+from . import kernels, nn
 from .anchors import AnchorGenerator
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
 from .losses import (
@@ -270,7 +270,7 @@ class RegionProposalNetwork(nn.Module):
         MaskRCNN.forward's."""
         cfg = self.cfg
         trace = trace or (lambda stage, **arrays: None)
-        feature_sizes = [f.shape[2:] for f in features]
+        feature_sizes = [tuple(f.shape[2:]) for f in features]
         per_level = self.anchor_generator.generate(padded_size, feature_sizes)
         num_per_level = [len(a) for a in per_level]
         anchors = np.concatenate(per_level).astype(features[0].dtype)
@@ -281,6 +281,10 @@ class RegionProposalNetwork(nn.Module):
             strides=self.anchor_generator.strides(padded_size, feature_sizes),
         )
         objectness_maps, delta_maps = self.head(features)
+        # On the GPU (the "cuda" backend's inference) the maps come over: what follows
+        # sorts the scores, which stays on the host (docs/architecture.md, Backends and dispatch).
+        objectness_maps = [kernels.to_host(m) for m in objectness_maps]
+        delta_maps = [kernels.to_host(m) for m in delta_maps]
         objectness, deltas = flatten_predictions(objectness_maps, delta_maps)
         trace("rpn_head", objectness=objectness, deltas=deltas)
         candidates = [

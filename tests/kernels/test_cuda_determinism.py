@@ -12,8 +12,9 @@ for a 0.0 or another NaN payload counts as a difference too.
 Why bit-for-bit is the right demand, kernel by kernel:
 
 * One thread per output (IoU, box decoding, NMS's mask words, im2col, col2im, the bias
-  add, the RoIAlign and RoIPool forwards): an output's arithmetic is one thread's, in
-  program order, and does not depend on where block edges fall.
+  add, the RoIAlign and RoIPool forwards, the layer kernels between convolutions): an
+  output's arithmetic is one thread's, in program order, and does not depend on where
+  block edges fall.
 * The tiled matrix product of the conv: each thread adds its K products in k order,
   tile after tile, so the tile size changes which thread loads what, not the sum.
 * NMS's reduction: one block walks the boxes in order between barriers.
@@ -34,7 +35,8 @@ import pytest
 
 from tinymaskrcnn import kernels, nn
 from tinymaskrcnn.boxes import batched_nms, box_decode, box_iou, nms
-from tinymaskrcnn.kernels import cuda_boxes, cuda_conv, cuda_roi_ops, use_backend
+from tinymaskrcnn.fpn import add_top_down
+from tinymaskrcnn.kernels import cuda_boxes, cuda_conv, cuda_layers, cuda_roi_ops, use_backend
 from tinymaskrcnn.roi_ops import roi_align, roi_align_backward, roi_pool, roi_pool_backward
 
 pytestmark = pytest.mark.cuda
@@ -47,6 +49,7 @@ SMALL_BLOCKS = [
     (cuda_boxes, "_THREADS_1D", 16),
     (cuda_conv, "_THREADS_2D", (4, 4)),
     (cuda_roi_ops, "_THREADS", 32),
+    (cuda_layers, "_THREADS", 8),
 ]
 
 
@@ -131,6 +134,25 @@ def test_conv2d_and_its_backward_give_the_same_bits_every_launch(monkeypatch):
 
     def run():
         return (nn.conv2d(x, w, b, 1, 1), *nn.conv2d_backward(gy, x, w, 1, 1))
+
+    assert_same_bits(launches(run, monkeypatch))
+
+
+def test_the_layer_kernels_give_the_same_bits_every_launch(monkeypatch):
+    # They run on device arrays only (cuda_layers.py): each launch gets its own copies.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6, 5)).astype(np.float32)
+    coarse = rng.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(3).astype(np.float32)
+
+    def run():
+        d = kernels.to_device
+        return (
+            nn.bias_add_relu_(d(x.copy()), bias, d(x)),
+            nn.ReLU().eval()(d(x)),
+            *nn.max_pool2d(d(x), 3, 2, 1),
+            add_top_down(d(x.copy()), d(coarse)),
+        )
 
     assert_same_bits(launches(run, monkeypatch))
 

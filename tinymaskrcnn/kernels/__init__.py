@@ -69,9 +69,19 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "conv2d": {"numba": "numba_conv.conv2d", "cuda": "cuda_conv.conv2d"},
     "conv2d_backward": {"cuda": "cuda_conv.conv2d_backward"},
     "conv2d_weight_grad": {"numba": "numba_conv.conv2d_weight_grad"},
-    # nn/layers.py
-    "bias_add_relu_": {"numba": "numba_layers.bias_add_relu_"},
+    # nn/layers.py; the CUDA kernels take device arrays only (cuda_layers.py)
+    "bias_add_relu_": {
+        "numba": "numba_layers.bias_add_relu_",
+        "cuda": "cuda_layers.bias_add_relu_",
+    },
+    "relu": {"cuda": "cuda_layers.relu"},
+    "max_pool2d": {"cuda": "cuda_layers.max_pool2d"},
+    # fpn.py
+    "add_top_down": {"cuda": "cuda_layers.add_top_down"},
 }
+
+# Backends whose feature maps live on a device: ``resident`` puts a stage's input there.
+_DEVICE_BACKENDS = ("cuda",)
 
 _ENV_VAR = "TINYMASKRCNN_BACKEND"
 
@@ -273,6 +283,17 @@ def to_device(x, dtype=None):
     return cuda.to_device(host)
 
 
+def resident(x):
+    """``x`` where the active backend keeps feature maps: a device array under "cuda"
+    (copied there unless it is one), ``x`` itself under "numpy" and "numba".
+
+    The model hands the backbone its image through this in inference, so that under
+    "cuda" the maps pass from kernel to kernel on the GPU (docs/architecture.md, Backends
+    and dispatch); the stages bring back with ``to_host`` what NumPy code reads.
+    """
+    return to_device(x) if _active.get() in _DEVICE_BACKENDS else x
+
+
 __all__ = [
     "BACKENDS",
     "Transfers",
@@ -283,6 +304,7 @@ __all__ = [
     "implementations",
     "is_device_array",
     "kernel",
+    "resident",
     "to_device",
     "to_host",
     "use_backend",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import nn
+from .. import kernels, nn
 from .align import roi_align, roi_align_backward
 from .checks import check_features, check_output_size
 from .crop_and_resize import crop_and_resize
@@ -106,7 +106,7 @@ class MultiScaleRoI(nn.Module):
         Returns (sum K_i, C, ph, pw), boxes in image order.
         """
         features, rois = self._check(features, boxes, image_sizes)
-        self.setup_scales([f.shape for f in features], image_sizes)
+        self.setup_scales([tuple(f.shape) for f in features], image_sizes)
         level = self.levels(rois[:, 1:])
         out = np.zeros((len(rois), features[0].shape[1], *self.output_size), features[0].dtype)
         argmaxes = {}
@@ -114,15 +114,20 @@ class MultiScaleRoI(nn.Module):
             chosen = np.flatnonzero(level == l)
             if not chosen.size:
                 continue
+            # Features on the GPU (the "cuda" backend's inference) give device results:
+            # the heads after this are NumPy, so they come over (kernels.to_host).
             if self.op == "align":
-                out[chosen] = roi_align(
-                    f, rois[chosen], self.output_size, scale, self.sampling_ratio, aligned=False
+                out[chosen] = kernels.to_host(
+                    roi_align(
+                        f, rois[chosen], self.output_size, scale, self.sampling_ratio, aligned=False
+                    )
                 )
             elif self.op == "pool":
-                out[chosen], argmaxes[l] = roi_pool(f, rois[chosen], self.output_size, scale)
+                pooled, argmax = roi_pool(f, rois[chosen], self.output_size, scale)
+                out[chosen], argmaxes[l] = kernels.to_host(pooled), kernels.to_host(argmax)
             else:
                 out[chosen] = crop_and_resize(
-                    f, _normalised(rois[chosen], scale, f.shape), self.output_size
+                    kernels.to_host(f), _normalised(rois[chosen], scale, f.shape), self.output_size
                 )
         self._save(rois, level, [tuple(f.shape) for f in features], list(self.scales), argmaxes)
         return out
