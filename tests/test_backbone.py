@@ -7,7 +7,7 @@ import pytest
 from backbone_parity import assert_close_relative, fixture, torchvision_case
 from gradcheck import check_module_gradients
 
-from tinymaskrcnn import nn
+from tinymaskrcnn import backbone, nn
 from tinymaskrcnn.backbone import BasicBlock, Bottleneck, ResNet
 from tinymaskrcnn.fpn import resnet_fpn_backbone
 
@@ -142,6 +142,29 @@ def test_the_folded_inference_path_equals_the_layer_by_layer_path(arch):
     folded = model.eval()(x)
     for a, b in zip(folded, layered, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+
+
+def test_batch_norm_in_eval_mode_folds_like_frozen_batch_norm(monkeypatch):
+    # Its running statistics make it a fixed affine map too, so the folded path runs it
+    # (and under "cuda" the maps stay on the device); under no_grad in training mode it
+    # normalises with the batch's statistics, which cannot fold.
+    rng = np.random.default_rng(5)
+    model = ResNet("resnet18", width=0.125, trainable_layers=5, norm="batch", rng=rng)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data, m.bias.data = rng.uniform(0.5, 1.5, c), rng.uniform(-0.5, 0.5, c)
+            m.running_mean, m.running_var = rng.uniform(-0.5, 0.5, c), rng.uniform(0.5, 1.5, c)
+    model.astype(np.float64)
+    x = rng.standard_normal((2, 3, 35, 29))
+    with nn.no_grad():
+        assert not model.train().folds()
+    assert model.eval().folds()
+    folded = model(x)
+    monkeypatch.setattr(backbone, "_folds", lambda block: False)
+    layered = model(x)
+    for a, b in zip(folded, layered, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * np.abs(b).max())
 
 
 @pytest.mark.slow

@@ -115,12 +115,17 @@ def test_eval_detections_under_cuda_equal_numpys(model, monkeypatch):
         np.testing.assert_allclose(got[key], expected[key], **F64, err_msg=key)
 
 
-def test_in_inference_the_backbone_and_fpn_keep_their_maps_on_the_device(model):
-    # Frozen batch norm folds into the convolutions, and every layer between two of them
-    # has a CUDA kernel for device arrays: from the image to P2..P6 nothing comes back,
-    # and what goes in is the image and each convolution's parameters: the folded ones
-    # their scaled weight and the batch norm's shift, the FPN's their weight and bias.
+@pytest.mark.parametrize("norm_layer", ["frozen_batch_norm", "batch_norm"])
+def test_in_inference_the_backbone_and_fpn_keep_their_maps_on_the_device(model, norm_layer):
+    # Batch norm in inference (frozen, or with its running statistics) folds into the
+    # convolutions, and every layer between two of them has a CUDA kernel for device
+    # arrays: from the image to P2..P6 nothing comes back, and what goes in is the image
+    # and each convolution's parameters: the folded ones their scaled weight and the
+    # batch norm's shift, the FPN's their weight and bias.
     image, _ = tiny_scene()
+    if norm_layer != CONFIG["norm_layer"]:
+        cfg = tiny_config(**{**CONFIG, "norm_layer": norm_layer})
+        model = MaskRCNN(cfg, rng=np.random.default_rng(1)).astype(np.float64)
     model.eval()
     batch, _, _ = model.transform([image])
     expected = model.backbone(batch)

@@ -48,18 +48,25 @@ def _norm(kind: str, channels: int, eps: float) -> nn.Module:
 
 
 def _folds(block: nn.Module) -> bool:
-    """True when ``block`` may take the folded inference path (nothing kept, frozen BN)."""
-    return not block._keeps() and isinstance(block.bn1, nn.FrozenBatchNorm2d)
+    """True when ``block`` may take the folded inference path: nothing kept, and batch
+    norm a fixed affine map (frozen, or BatchNorm2d in eval mode with its running
+    statistics; under no_grad in training mode it normalises with the batch's)."""
+    if block._keeps():
+        return False
+    bn = block.bn1
+    return isinstance(bn, nn.FrozenBatchNorm2d) or (
+        isinstance(bn, nn.BatchNorm2d) and not bn.training
+    )
 
 
-def _folded(conv: nn.Conv2d, bn: nn.FrozenBatchNorm2d, x, relu: bool, residual=None):
-    """Inference shortcut for conv -> frozen batch norm (-> + residual) (-> ReLU).
+def _folded(conv: nn.Conv2d, bn: nn.Module, x, relu: bool, residual=None):
+    """Inference shortcut for conv -> batch norm (-> + residual) (-> ReLU).
 
-    Frozen batch norm is a fixed affine map per channel, so it folds into the convolution
-    before it: weight * scale, then + shift as a bias. The bias, the shortcut and the ReLU
-    then pass over the output once, in place. Same numbers as layer by layer up to float
-    rounding (the torchvision parity tests run this path); used only when nothing is kept
-    for backward, i.e. in eval mode or under no_grad.
+    Batch norm in inference is a fixed affine map per channel (``bn.scale_shift``), so it
+    folds into the convolution before it: weight * scale, then + shift as a bias. The
+    bias, the shortcut and the ReLU then pass over the output once, in place. Same
+    numbers as layer by layer up to float rounding (the torchvision parity tests run this
+    path); used only when nothing is kept for backward, i.e. in eval mode or under no_grad.
     """
     scale, shift = bn.scale_shift(x.dtype)
     weight = conv.weight.data.astype(x.dtype, copy=False) * scale.reshape(-1, 1, 1, 1)
@@ -229,7 +236,7 @@ class ResNet(nn.Module):
 
     def folds(self) -> bool:
         """True when forward takes the folded inference path: nothing kept for backward
-        (eval mode or no_grad) and frozen batch norm."""
+        (eval mode or no_grad) and batch norm a fixed affine map (frozen, or in eval mode)."""
         return _folds(self)
 
     def _stages(self):

@@ -84,8 +84,8 @@ class MaskRCNN(nn.Module):
     trace: None, or a function ``trace(stage, **arrays)`` called once per call at each
     stage boundary, in the order of ``STAGES`` (see there for what each passes); what
     it receives is the model's own arrays, not copies: read, don't write. Under the
-    "cuda" backend in inference with frozen batch norm, the backbone's and the FPN's maps
-    are device arrays (``kernels.to_host`` copies one over).
+    "cuda" backend in inference, the backbone's and the FPN's maps are device arrays
+    (``kernels.to_host`` copies one over).
     """
 
     def __init__(self, cfg: MaskRCNNConfig | None = None, rng=None, class_names=None):
@@ -136,7 +136,7 @@ class MaskRCNN(nn.Module):
             targets=targets,
         )
         if self.backbone.body.folds():
-            # Every layer of the folded backbone, the FPN and the heads' convolutions has
+            # Inference: every layer of the folded backbone, the FPN and the RPN head has
             # a CUDA kernel for device arrays, so under "cuda" the maps stay on the GPU
             # from the image to the RoI features; the stages bring back what NumPy reads.
             batch = kernels.resident(batch)

@@ -404,6 +404,14 @@ class BatchNorm2d(Module):
         self._save(xhat, inv, count)
         return xhat * w + b
 
+    def scale_shift(self, dtype):
+        """(scale, shift), each (1, C, 1, 1) of ``dtype``: eval mode's y = x * scale + shift,
+        from the running statistics (a fixed affine map, as FrozenBatchNorm2d's)."""
+        inv = 1.0 / np.sqrt(self.running_var.astype(dtype) + self.eps)
+        scale = self.weight.data.astype(dtype) * inv
+        shift = self.bias.data.astype(dtype) - self.running_mean.astype(dtype) * scale
+        return scale.reshape(1, -1, 1, 1), shift.reshape(1, -1, 1, 1)
+
     def update_running_statistics(self, count, mean, var):
         """running = (1 - momentum) running + momentum * the batch's, the variance made
         unbiased (count / (count - 1)), as torch; mean, var (C,) biased, over count values."""
