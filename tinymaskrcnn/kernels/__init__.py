@@ -80,9 +80,6 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "add_top_down": {"cuda": "cuda_layers.add_top_down"},
 }
 
-# Backends whose feature maps live on a device: ``resident`` puts a stage's input there.
-_DEVICE_BACKENDS = ("cuda",)
-
 _ENV_VAR = "TINYMASKRCNN_BACKEND"
 
 
@@ -291,7 +288,7 @@ def resident(x):
     "cuda" the maps pass from kernel to kernel on the GPU (docs/architecture.md, Backends
     and dispatch); the stages bring back with ``to_host`` what NumPy code reads.
     """
-    return to_device(x) if _active.get() in _DEVICE_BACKENDS else x
+    return to_device(x) if _active.get() == "cuda" else x
 
 
 __all__ = [
