@@ -18,8 +18,14 @@ def _marker_expression(argv):
     return ""
 
 
-GPU_RUN = "gpu" in _marker_expression(sys.argv) and "not gpu" not in _marker_expression(sys.argv)
-if not GPU_RUN:
+# pytest-xdist's workers do not get pytest's command line (their sys.argv is execnet's),
+# so the choice travels to them in the environment they inherit from this process.
+_GPU_ENV = "TINYMASKRCNN_GPU_TESTS"
+_MARKERS = _marker_expression(sys.argv)
+GPU_RUN = os.environ.get(_GPU_ENV) == "1" or ("gpu" in _MARKERS and "not gpu" not in _MARKERS)
+if GPU_RUN:
+    os.environ[_GPU_ENV] = "1"
+else:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     # The simulator runs each CUDA thread as a Python thread while the launching thread
     # busy-polls them. With the default 5 ms GIL switch interval every hand-over can
