@@ -68,8 +68,20 @@ def _folded(conv: nn.Conv2d, bn: nn.Module, x, relu: bool, residual=None):
     numbers as layer by layer up to float rounding (the torchvision parity tests run this
     path); used only when nothing is kept for backward, i.e. in eval mode or under no_grad.
     """
-    scale, shift = bn.scale_shift(x.dtype)
-    weight = conv.weight.data.astype(x.dtype, copy=False) * scale.reshape(-1, 1, 1, 1)
+    dtype = np.dtype(x.dtype)
+
+    def fold():
+        scale, shift = bn.scale_shift(dtype)
+        return conv.weight.data.astype(dtype, copy=False) * scale.reshape(-1, 1, 1, 1), shift
+
+    if kernels.is_device_array(x):
+        # The maps are on the GPU, so is the folded pair: copied once per value of the
+        # arrays it is computed from (kernels.DeviceCopy), not at every forward.
+        sources = [conv.weight.data, *(p.data for p in bn.parameters())]
+        sources += [array for _, array in bn.named_buffers()]
+        weight, shift = conv.kernel_weights.get(fold, sources, ("folded", dtype))
+    else:
+        weight, shift = fold()
     y = nn.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return nn.bias_add_relu_(y, shift, residual, relu)
 

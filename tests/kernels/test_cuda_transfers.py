@@ -69,3 +69,59 @@ def test_nms_on_device_boxes_brings_back_only_the_number_kept():
         np.testing.assert_array_equal(kernels.to_host(keep), [0, 2])
     # in: the score order (sorted on the host); out: the number kept.
     assert (copies.to_device, copies.to_host) == (1, 1)
+
+
+# --- kernels.DeviceCopy: a layer's parameters cross once per value ----------------------
+
+
+def test_a_device_copy_is_made_once_per_value_of_its_sources():
+    copy = kernels.DeviceCopy()
+    a, b = np.arange(4.0), np.arange(4.0) + 10
+    with use_backend("cuda"), count_transfers() as copies:
+        first = copy.get(lambda: a * 2, [a])
+        assert copy.get(lambda: a * 2, [a]) is first  # the same array: no copy
+        assert copies.to_device == 1
+        np.testing.assert_array_equal(kernels.to_host(first), a * 2)
+        assert copy.get(lambda: b * 2, [b]) is not first  # a new value: a new copy
+        copy.get(lambda: b * 2, [b], key=np.float32)  # another dtype: a new copy
+        copy.get(lambda: (a, b), [a, b], key=np.float32)  # other sources: a new copy
+    assert copies.to_device == 1 + 1 + 1 + 2
+
+
+def test_copied_sources_are_read_only_so_an_in_place_edit_cannot_go_unseen():
+    copy = kernels.DeviceCopy()
+    a = np.ones(3)
+    with use_backend("cuda"):
+        copy.get(lambda: a, [a])
+    with pytest.raises(ValueError, match="read-only"):
+        a[0] = 5.0
+
+
+def test_without_cuda_a_device_copy_is_the_host_value_and_leaves_its_sources_alone():
+    copy = kernels.DeviceCopy()
+    a = np.ones(3)
+    with use_backend("numpy"), count_transfers() as copies:
+        got = copy.get(lambda: a + 1, [a])
+    assert isinstance(got, np.ndarray) and copies.total == 0
+    a[0] = 5.0  # still writeable
+
+
+def test_a_convolution_under_cuda_sees_its_new_weights_and_pickles_without_its_copy():
+    import pickle
+
+    rng = np.random.default_rng(2)
+    conv = nn.Conv2d(2, 3, 3, padding=1, rng=rng).astype(np.float64)
+    x = rng.standard_normal((1, 2, 5, 5))
+    conv.eval()
+    with use_backend("cuda"):
+        conv(x)
+        conv.weight.data = conv.weight.data * -2.0  # SGD and load_state_dict assign too
+        got = conv(x)
+        with count_transfers() as copies:
+            conv(x)
+    np.testing.assert_allclose(got, conv(x), rtol=1e-12)  # numpy, the new weights
+    assert copies.to_device == 1  # x: the parameters are already there
+    clone = pickle.loads(pickle.dumps(conv))
+    with use_backend("cuda"), count_transfers() as copies:
+        np.testing.assert_allclose(clone(x), got, rtol=1e-12)
+    assert copies.to_device == 3  # x, and the clone's own weight and bias

@@ -291,8 +291,56 @@ def resident(x):
     return to_device(x) if _active.get() == "cuda" else x
 
 
+class DeviceCopy:
+    """A value the kernels read many times, copied to the GPU once per value (docs/
+    architecture.md, Feature maps on the device): a layer's weight, a convolution folded
+    with its batch norm.
+
+    ``get(make, sources, key)``: under "cuda", the device copy of ``make()`` (a host
+    array, or a tuple of them, computed from the host arrays ``sources``), made again
+    only when a source is another array object than last time or ``key`` (the dtype)
+    differs; under the other backends ``make()`` itself, as before. Every update the
+    package makes assigns a new array (SGD, ``load_state_dict``, ``astype``, batch
+    norm's running statistics), which makes a new copy. An in-place write would go
+    unseen, so the sources are made read-only once copied: change such a value by
+    assigning a new array (``p.data = new``).
+    """
+
+    def __init__(self):
+        self._sources: tuple = ()
+        self._key = None
+        self._copy = None
+
+    def get(self, make, sources, key=None):
+        if _active.get() != "cuda":
+            return make()
+        stale = (
+            self._copy is None
+            or self._key != key
+            or len(sources) != len(self._sources)
+            or any(a is not b for a, b in zip(sources, self._sources, strict=True))
+        )
+        if stale:
+            value = make()
+            if isinstance(value, tuple):
+                self._copy = tuple(to_device(v) for v in value)
+            else:
+                self._copy = to_device(value)
+            for source in sources:
+                source.flags.writeable = False
+            self._sources, self._key = tuple(sources), key
+        return self._copy
+
+    def __getstate__(self):  # a device copy does not travel (pickle, deepcopy, Ray)
+        return {}
+
+    def __setstate__(self, state):
+        self.__init__()
+
+
 __all__ = [
     "BACKENDS",
+    "DeviceCopy",
     "Transfers",
     "available_backends",
     "count_transfers",

@@ -61,7 +61,7 @@ def bias_add_relu_(y, bias, residual=None, relu=True):
     n, c, h, w = y.shape
     dtype = np.dtype(y.dtype)
     flat = y.reshape(n * c, h * w)
-    d_bias = to_device(np.asarray(bias).reshape(-1), dtype)
+    d_bias = to_device(bias, dtype).reshape(-1)
     d_res = flat if residual is None else to_device(residual, dtype).reshape(n * c, h * w)
     _bias_add_relu[_blocks(flat.size), _THREADS](
         flat, d_bias, d_res, residual is not None, relu, dtype.type(0)

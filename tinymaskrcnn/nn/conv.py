@@ -384,14 +384,29 @@ class Conv2d(_ConvLayer):
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, rng
         )
+        # The weight and bias the kernels read: under "cuda" copied to the GPU once per
+        # value, not at every call (backbone._folded keeps the folded ones here).
+        self.kernel_weights = kernels.DeviceCopy()
+
+    def _for_kernels(self, dtype):
+        """(weight, bias or None) in ``dtype``, where the kernels read them."""
+        params = [self.weight] + ([] if self.bias is None else [self.bias])
+        dtype = np.dtype(dtype)
+        weight, *bias = self.kernel_weights.get(
+            lambda: tuple(p.data.astype(dtype, copy=False) for p in params),
+            [p.data for p in params],
+            dtype,
+        )
+        return weight, (bias[0] if bias else None)
 
     def forward(self, x):
-        bias = self._keep_input(x)
-        return conv2d(x, self.weight.data, bias, *self._args())
+        self._keep_input(x)
+        return conv2d(x, *self._for_kernels(x.dtype), *self._args())
 
     def backward(self, grad_out):
         x, w = self._pop(), self.weight
-        grads = conv2d_backward(grad_out, x, w.data, *self._args(), weight_grad=w.requires_grad)
+        weight, _ = self._for_kernels(grad_out.dtype)
+        grads = conv2d_backward(grad_out, x, weight, *self._args(), weight_grad=w.requires_grad)
         return self._accumulate(*grads)
 
     def extra_repr(self) -> str:
