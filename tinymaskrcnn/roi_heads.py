@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import nn
+from . import kernels, nn
 from .boxes import BoxCoder, batched_nms, box_iou, clip_boxes, remove_small_boxes
 from .losses import (
     SMOOTH_L1_BETA,
@@ -58,7 +58,8 @@ class TwoMLPHead(nn.Module):
 
     def forward(self, x):
         self._save(x.shape)
-        return self.relu7(self.fc7(self.relu6(self.fc6(x.reshape(len(x), -1)))))
+        flat = x.reshape(len(x), int(np.prod(x.shape[1:])))  # (a device array's too)
+        return self.relu7(self.fc7(self.relu6(self.fc6(flat))))
 
     def backward(self, grad_out):
         shape = self._pop()
@@ -237,6 +238,8 @@ class RoIHeads(nn.Module):
         box_features = self.box_roi_pool(features, proposals, image_sizes)
         trace("roi_features", rois=proposals, features=box_features, labels=labels, matched=matched)
         class_logits, box_regression = self.box_predictor(self.box_head(box_features))
+        # In inference on a GPU the heads ran there; their outputs come over for the sort.
+        class_logits, box_regression = map(kernels.to_host, (class_logits, box_regression))
         trace("box_head", class_logits=class_logits, box_regression=box_regression)
         if not training:
             return self._detect(
@@ -321,7 +324,7 @@ class RoIHeads(nn.Module):
             m = self.cfg.mask_output_size
             return np.zeros((0, self.cfg.num_classes, m, m), features[0].dtype)
         x = self.mask_roi_pool(features, boxes, image_sizes)
-        return self.mask_predictor(self.mask_head(x))
+        return kernels.to_host(self.mask_predictor(self.mask_head(x)))
 
     def backward(self, loss_weights=None):
         """Gradient of (loss_classifier + loss_box_reg + loss_mask) w.r.t. [P2..P5], or of

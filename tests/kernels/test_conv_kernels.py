@@ -313,3 +313,59 @@ def test_a_conv_layer_under_cuda_accumulates_the_same_gradients_as_the_reference
     for a, b in zip(grads["cuda"], grads["numpy"], strict=True):
         assert isinstance(a, np.ndarray)
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# --- the heads' products on the device: Linear and the transposed convolution -----------
+
+TRANSPOSED = [  # kernel, stride, padding, output_padding, groups: the mask head's first
+    (2, 2, 0, 0, 1),
+    (3, 2, 1, 1, 2),
+    (1, 1, 0, 0, 1),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kernel, stride, padding, output_padding, groups", TRANSPOSED)
+@pytest.mark.parametrize("bias", [True, False])
+def test_cuda_conv_transpose2d_on_device_equals_the_reference(
+    kernel, stride, padding, output_padding, groups, bias
+):
+    rng = np.random.default_rng(kernel + stride + groups)
+    layer = nn.ConvTranspose2d(
+        4, 2, kernel, stride, padding, output_padding, groups, bias, rng=rng
+    ).astype(np.float64)
+    layer.eval()
+    x = rng.standard_normal((2, 4, 3, 4))
+    expected = reference(layer, x)
+    with use_backend("cuda"):
+        got = layer(kernels.to_device(x))
+    assert kernels.is_device_array(got)
+    np.testing.assert_allclose(kernels.to_host(got), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("rows", [0, 1, 19])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_linear_on_device_equals_the_reference(rows, dtype):
+    rng = np.random.default_rng(rows)
+    layer = nn.Linear(18, 5, rng=rng).astype(dtype)
+    layer.eval()
+    x = rng.standard_normal((rows, 18)).astype(dtype)
+    expected = reference(layer, x)
+    with use_backend("cuda"):
+        got = layer(kernels.to_device(x))
+    assert kernels.is_device_array(got) and got.shape == expected.shape
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(kernels.to_host(got), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+def test_on_host_inputs_linear_and_the_transposed_convolution_copy_nothing():
+    # One product is never worth two copies: a host input runs the reference.
+    rng = np.random.default_rng(5)
+    linear, transposed = nn.Linear(3, 2, rng=rng), nn.ConvTranspose2d(2, 1, 2, 2, rng=rng)
+    with use_backend("cuda"), kernels.count_transfers() as copies:
+        y = linear(rng.standard_normal((4, 3)).astype(np.float32))
+        z = transposed(rng.standard_normal((1, 2, 3, 3)).astype(np.float32))
+    assert isinstance(y, np.ndarray) and isinstance(z, np.ndarray)
+    assert copies.total == 0

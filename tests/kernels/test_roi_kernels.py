@@ -229,3 +229,23 @@ def test_numba_roi_align_backward_is_bit_identical_for_any_thread_count():
         numba.set_num_threads(saved)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
+
+
+@pytest.mark.cuda
+def test_the_pyramid_keeps_roi_align_results_on_the_device_and_in_roi_order():
+    # Device features (the cuda backend's inference): each level's RoIAlign result is
+    # placed in RoI order by a kernel, and the whole (K, C, 2, 2) stays on the device.
+    from tinymaskrcnn.roi_ops import MultiScaleRoIAlign
+
+    rng = np.random.default_rng(4)
+    features = [rng.standard_normal((1, 3, s, s)) for s in (32, 16, 8, 4)]
+    side = np.array([10.0, 240.0, 30.0, 480.0, 120.0, 200.0])  # four levels, mixed
+    x1 = rng.uniform(0, 8, len(side))
+    boxes = [np.stack([x1, x1, x1 + side, x1 + side], axis=1)]
+    pool = MultiScaleRoIAlign(2, sampling_ratio=2).eval()
+    expected = pool(features, boxes, [(128, 128)])
+    assert len(set(pool.levels(boxes[0]))) == 4
+    with use_backend("cuda"):
+        got = pool([kernels.to_device(f) for f in features], boxes, [(128, 128)])
+    assert kernels.is_device_array(got)
+    np.testing.assert_allclose(kernels.to_host(got), expected, rtol=1e-12, atol=1e-12)

@@ -59,6 +59,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "cuda": "cuda_roi_ops.roi_align_backward",
     },
     "roi_pool": {"numba": "numba_roi_ops.roi_pool", "cuda": "cuda_roi_ops.roi_pool"},
+    "place_rows": {"cuda": "cuda_roi_ops.place_rows"},  # device arrays only
     "roi_pool_backward": {
         "numba": "numba_roi_ops.roi_pool_backward",
         "cuda": "cuda_roi_ops.roi_pool_backward",
@@ -69,6 +70,9 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "conv2d": {"numba": "numba_conv.conv2d", "cuda": "cuda_conv.conv2d"},
     "conv2d_backward": {"cuda": "cuda_conv.conv2d_backward"},
     "conv2d_weight_grad": {"numba": "numba_conv.conv2d_weight_grad"},
+    # nn/conv_transpose.py and nn/layers.py Linear; the CUDA kernels take device arrays only
+    "conv_transpose2d": {"cuda": "cuda_conv.conv_transpose2d"},
+    "linear": {"cuda": "cuda_conv.linear"},
     # nn/layers.py; the CUDA kernels take device arrays only (cuda_layers.py)
     "bias_add_relu_": {
         "numba": "numba_layers.bias_add_relu_",
@@ -292,9 +296,9 @@ def resident(x):
 
 
 class DeviceCopy:
-    """A value the kernels read many times, copied to the GPU once per value (docs/
-    architecture.md, Feature maps on the device): a layer's weight, a convolution folded
-    with its batch norm.
+    """A value the kernels read many times, copied to the GPU once per value
+    (docs/architecture.md, Backends and dispatch): a layer's weight, a convolution's
+    folded with its batch norm.
 
     ``get(make, sources, key)``: under "cuda", the device copy of ``make()`` (a host
     array, or a tuple of them, computed from the host arrays ``sources``), made again

@@ -14,6 +14,12 @@ take C*kh*kw*Ho*Wo floats of device memory, whatever the batch):
   pixel sums the column entries that read it -- so it needs no atomics and is
   deterministic.
 * The bias gradient is a product with a vector of ones (sum over positions).
+* ``conv_transpose2d`` is the input gradient of the convolution whose weight it holds
+  (the reference's definition, nn/conv_transpose.py): the same product and col2im, with
+  the transposed convolution's input in the place of the output gradient. ``linear``
+  is the tiled product on its own (x @ weight.T). Both run on device inputs only and
+  return None for host ones: the NumPy heads they serve are cheaper than two copies
+  (docs/architecture.md, Backends and dispatch).
 
 Host wrappers take NumPy arrays (copied in, result copied back) or device arrays (the
 result stays on the device). Arguments arrive validated by ``nn/conv.py``. Scalars
@@ -150,6 +156,20 @@ def _cols_of(d_x, img, geom, stride, padding, dilation, d_cols):
     return d_cols
 
 
+def _input_grad(d_w, gy, img, geom, stride, padding, dilation, d_cols, d_gx):
+    """d_gx[img] = the input gradient of one image's output gradient gy (groups, O/g, P):
+    weight.T @ gy, put back onto the input grid by col2im (or directly when 1 x 1)."""
+    n, c, h, w, o, cg, kh, kw, ho, wo, pointwise = geom
+    groups = d_w.shape[0]
+    if pointwise:
+        _matmul(d_w, gy, d_gx[img].reshape(groups, cg, h * w), trans_a=True)
+        return
+    _matmul(d_w, gy, d_cols.reshape(groups, cg * kh * kw, ho * wo), trans_a=True)
+    _col2im[_grid(h * w, c), _THREADS_2D](
+        d_cols, img, kh, kw, *stride, *padding, *dilation, ho, wo, d_gx.dtype.type(0), d_gx
+    )
+
+
 def conv2d(x, weight, bias, stride, padding, dilation, groups):
     """Same contract as ``tinymaskrcnn.nn.conv.conv2d`` (checked arguments, pairs)."""
     on_device = is_device_array(x)
@@ -197,13 +217,7 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, inpu
             cols = _cols_of(d_x, img, geom, stride, padding, dilation, d_cols)
             _matmul(gy, cols.reshape(groups, k, p), d_gw, trans_b=True, accumulate=True)
         if input_grad:
-            if pointwise:
-                _matmul(d_w, gy, d_gx[img].reshape(groups, cg, p), trans_a=True)
-            else:
-                _matmul(d_w, gy, d_cols.reshape(groups, k, p), trans_a=True)
-                _col2im[_grid(h * w, c), _THREADS_2D](
-                    d_cols, img, kh, kw, *stride, *padding, *dilation, ho, wo, dtype.type(0), d_gx
-                )
+            _input_grad(d_w, gy, img, geom, stride, padding, dilation, d_cols, d_gx)
     d_gb = d_gb.reshape(o)
     if d_gw is not None:
         d_gw = d_gw.reshape(weight.shape)
@@ -214,3 +228,51 @@ def conv2d_backward(grad_out, x, weight, stride, padding, dilation, groups, inpu
         None if d_gw is None else to_host(d_gw),
         to_host(d_gb),
     )
+
+
+def conv_transpose2d(x, weight, bias, stride, padding, out_hw, dilation, groups):
+    """``nn.conv_transpose2d`` for a device ``x`` (N, C, H, W); None for a host one.
+
+    weight (C, O/groups, kh, kw) is the weight of the convolution from (N, O, Ho, Wo)
+    to x's shape, whose input gradient this is; out_hw = (Ho, Wo), output_padding
+    included, from the caller's checks. Returns (N, O, Ho, Wo) on the device.
+    """
+    if not is_device_array(x):
+        return None
+    dtype = np.dtype(x.dtype)
+    n, c, h, w = x.shape
+    _, og, kh, kw = weight.shape
+    o, (ho, wo) = og * groups, out_hw
+    # The geometry of that convolution: its input (N, O, Ho, Wo), its output x.
+    geom = _geometry((n, o, ho, wo), (c, og, kh, kw), stride, padding, dilation)
+    d_w = to_device(weight, dtype).reshape(groups, c // groups, og * kh * kw)
+    d_y = cuda.device_array((n, o, ho, wo), dtype=dtype)
+    d_cols = None if geom[-1] else cuda.device_array((o * kh * kw, h * w), dtype=dtype)
+    for img in range(n):
+        gy = x[img].reshape(groups, c // groups, h * w)
+        _input_grad(d_w, gy, img, geom, stride, padding, dilation, d_cols, d_y)
+    if bias is not None and n:
+        d_y3 = d_y.reshape(n, o, ho * wo)
+        _add_bias[_grid(ho * wo, n * o), _THREADS_2D](d_y3, to_device(bias, dtype))
+    return d_y
+
+
+def linear(x, weight, bias):
+    """``nn.Linear``'s x @ weight.T + bias for a device ``x`` (K, F_in); None for a host one.
+
+    weight (F_out, F_in), bias (F_out,) or None, host or device. Returns (K, F_out) on
+    the device.
+    """
+    if not is_device_array(x):
+        return None
+    dtype = np.dtype(x.dtype)
+    k, f_out = x.shape[0], weight.shape[0]
+    d_y = cuda.device_array((1, k, f_out), dtype=dtype)
+    if k:
+        _matmul(x.reshape(1, *x.shape), to_device(weight, dtype).reshape(1, *weight.shape), d_y,
+                trans_b=True)  # fmt: skip
+        if bias is not None:
+            _add_bias[_grid(1, k * f_out), _THREADS_2D](
+                d_y.reshape(k, f_out, 1), to_device(bias, dtype)
+            )
+    return d_y.reshape(k, f_out)

@@ -133,6 +133,16 @@ def _roi_pool_backward(grad_out, argmax, batch, grad):
         cuda.atomic.add(grad, (batch[k], c, where // width, where % width), grad_out[k, c, ph, pw])
 
 
+@cuda.jit
+def _place_rows(values, rows, out):
+    # out[rows[r], e] = values[r, e], one thread per element of values (K, E)
+    i = cuda.grid(1)
+    width = values.shape[1]
+    if i < values.shape[0] * width:
+        r = i // width
+        out[rows[r], i - r * width] = values[r, i - r * width]
+
+
 def _blocks(n):
     return max(1, (n + _THREADS - 1) // _THREADS)
 
@@ -196,3 +206,20 @@ def roi_pool_backward(grad_out, argmax, batch, features_shape):
         to_device(grad_out), to_device(argmax, np.int64), to_device(batch), grad
     )
     return _finish(grad, on_device)
+
+
+def place_rows(out, rows, values, n_rows):
+    """``roi_ops.pyramid``'s out[rows] = values for a device ``values`` (k, ...); None for
+    a host one. out: the (n_rows, ...) device array of the earlier levels, or None to
+    make it (uninitialised: the levels' rows partition it). Returns out."""
+    if not is_device_array(values):
+        return None
+    if out is None:
+        out = cuda.device_array((n_rows, *values.shape[1:]), dtype=values.dtype)
+    k, width = values.shape[0], math.prod(values.shape[1:])
+    if k and width:
+        d_rows = to_device(np.asarray(rows, dtype=np.int64))
+        _place_rows[_blocks(k * width), _THREADS](
+            values.reshape(k, width), d_rows, out.reshape(n_rows, width)
+        )
+    return out

@@ -40,7 +40,7 @@ import numpy as np
 from .. import kernels
 from . import init
 from .im2col import col2im, im2col
-from .module import Module, Parameter
+from .module import Module, Parameter, kernel_parameters
 
 # Upper bound on the bytes of one chunk of columns (forward and backward).
 CHUNK_BYTES = 64 * 2**20
@@ -338,6 +338,10 @@ class _ConvLayer(Module):
         self.weight = Parameter(init.kaiming_uniform(shape, rng))
         fan_in = init.fans(shape)[0]
         self.bias = Parameter(init.uniform_bias((out_channels,), fan_in, rng)) if bias else None
+        # The weight and bias the kernels read: under "cuda" copied to the GPU once per
+        # value, not at every call (nn.module.kernel_parameters; backbone._folded keeps
+        # the folded ones here).
+        self.kernel_weights = kernels.DeviceCopy()
 
     def _args(self):
         return self.stride, self.padding, self.dilation, self.groups
@@ -384,28 +388,14 @@ class Conv2d(_ConvLayer):
         super().__init__(
             in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, rng
         )
-        # The weight and bias the kernels read: under "cuda" copied to the GPU once per
-        # value, not at every call (backbone._folded keeps the folded ones here).
-        self.kernel_weights = kernels.DeviceCopy()
-
-    def _for_kernels(self, dtype):
-        """(weight, bias or None) in ``dtype``, where the kernels read them."""
-        params = [self.weight] + ([] if self.bias is None else [self.bias])
-        dtype = np.dtype(dtype)
-        weight, *bias = self.kernel_weights.get(
-            lambda: tuple(p.data.astype(dtype, copy=False) for p in params),
-            [p.data for p in params],
-            dtype,
-        )
-        return weight, (bias[0] if bias else None)
 
     def forward(self, x):
         self._keep_input(x)
-        return conv2d(x, *self._for_kernels(x.dtype), *self._args())
+        return conv2d(x, *kernel_parameters(self, x.dtype), *self._args())
 
     def backward(self, grad_out):
         x, w = self._pop(), self.weight
-        weight, _ = self._for_kernels(grad_out.dtype)
+        weight, _ = kernel_parameters(self, grad_out.dtype)
         grads = conv2d_backward(grad_out, x, weight, *self._args(), weight_grad=w.requires_grad)
         return self._accumulate(*grads)
 

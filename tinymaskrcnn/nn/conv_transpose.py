@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import kernels
 from .conv import (
     _add_bias,
     _check_bias,
@@ -28,6 +29,7 @@ from .conv import (
     _pair,
     _weight_grad,
 )
+from .module import kernel_parameters
 
 
 def conv_transpose2d(
@@ -57,6 +59,11 @@ def conv_transpose2d(
     if ho < 1 or wo < 1:
         raise ValueError(f"conv_transpose2d output would be empty ({ho}x{wo})")
     o = og * groups
+    fast = kernels.implementation("conv_transpose2d")
+    if fast is not None:
+        y = fast(x, weight, bias, stride, padding, (ho, wo), dilation, groups)
+        if y is not None:  # None: x is on the host, where the reference runs
+            return y
     weight = np.asarray(weight, dtype=x.dtype)
     if n == 0:
         return np.zeros((0, o, ho, wo), dtype=x.dtype)
@@ -113,10 +120,12 @@ class ConvTranspose2d(_ConvLayer):
         self.output_padding = _pair(output_padding, "output_padding")
 
     def forward(self, x):
-        bias = self._keep_input(x)
+        bias, weight = self._keep_input(x), self.weight.data
+        if kernels.is_device_array(x):  # the mask head's inference on a GPU
+            weight, bias = kernel_parameters(self, x.dtype)
         stride, padding, dilation, groups = self._args()
         return conv_transpose2d(
-            x, self.weight.data, bias, stride, padding, self.output_padding, dilation, groups
+            x, weight, bias, stride, padding, self.output_padding, dilation, groups
         )
 
     def backward(self, grad_out):

@@ -17,7 +17,7 @@ import numpy as np
 from .. import kernels
 from . import init
 from .conv import _pair, output_size
-from .module import Module, Parameter
+from .module import Module, Parameter, kernel_parameters
 
 
 def _check_nchw(x, name: str, channels: int | None = None) -> None:
@@ -40,6 +40,7 @@ class Linear(Module):
         self.bias = (
             Parameter(init.uniform_bias((out_features,), in_features, rng)) if bias else None
         )
+        self.kernel_weights = kernels.DeviceCopy()  # see nn.module.kernel_parameters
 
     def forward(self, x):
         """x: (N, F_in) -> (N, F_out)."""
@@ -48,6 +49,9 @@ class Linear(Module):
                 f"Linear input must be (N, {self.in_features}); got shape {tuple(x.shape)}"
             )
         self._save(x)
+        fast = kernels.implementation("linear")
+        if fast is not None and kernels.is_device_array(x):  # the heads' inference on a GPU
+            return fast(x, *kernel_parameters(self, x.dtype))
         y = x @ self.weight.data.T.astype(x.dtype, copy=False)
         if self.bias is not None:
             y += self.bias.data.astype(x.dtype, copy=False)

@@ -89,6 +89,20 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype}{frozen})"
 
 
+def kernel_parameters(layer, dtype):
+    """(weight, bias or None) of ``layer`` (Conv2d, ConvTranspose2d, Linear) in ``dtype``,
+    where its kernel reads them: under "cuda" device copies made once per value
+    (``layer.kernel_weights``, a ``kernels.DeviceCopy``); elsewhere the host arrays."""
+    params = [layer.weight] + ([] if layer.bias is None else [layer.bias])
+    dtype = np.dtype(dtype)
+    weight, *bias = layer.kernel_weights.get(
+        lambda: tuple(p.data.astype(dtype, copy=False) for p in params),
+        [p.data for p in params],
+        dtype,
+    )
+    return weight, (bias[0] if bias else None)
+
+
 # --- torchvision's state-dict key generations ---------------------------------------
 
 # The one table of torchvision's renames (0.13 wrapped these convolutions in

@@ -108,20 +108,21 @@ class MultiScaleRoI(nn.Module):
         features, rois = self._check(features, boxes, image_sizes)
         self.setup_scales([tuple(f.shape) for f in features], image_sizes)
         level = self.levels(rois[:, 1:])
-        out = np.zeros((len(rois), features[0].shape[1], *self.output_size), features[0].dtype)
+        shape = (len(rois), features[0].shape[1], *self.output_size)
+        out = None if self.op == "align" else np.zeros(shape, features[0].dtype)
         argmaxes = {}
         for l, (f, scale) in enumerate(zip(features, self.scales, strict=True)):
             chosen = np.flatnonzero(level == l)
             if not chosen.size:
                 continue
-            # Features on the GPU (the "cuda" backend's inference) give device results:
-            # the heads after this are NumPy, so they come over (kernels.to_host).
+            # Features on the GPU (the "cuda" backend's inference) give device results,
+            # and RoIAlign's stay there for the heads (which have kernels for them);
+            # RoIPool's and crop_and_resize's come over (kernels.to_host).
             if self.op == "align":
-                out[chosen] = kernels.to_host(
-                    roi_align(
-                        f, rois[chosen], self.output_size, scale, self.sampling_ratio, aligned=False
-                    )
+                pooled = roi_align(
+                    f, rois[chosen], self.output_size, scale, self.sampling_ratio, aligned=False
                 )
+                out = _place_rows(out, chosen, pooled, shape)
             elif self.op == "pool":
                 pooled, argmax = roi_pool(f, rois[chosen], self.output_size, scale)
                 out[chosen], argmaxes[l] = kernels.to_host(pooled), kernels.to_host(argmax)
@@ -130,7 +131,7 @@ class MultiScaleRoI(nn.Module):
                     kernels.to_host(f), _normalised(rois[chosen], scale, f.shape), self.output_size
                 )
         self._save(rois, level, [tuple(f.shape) for f in features], list(self.scales), argmaxes)
-        return out
+        return np.zeros(shape, features[0].dtype) if out is None else out  # None: no RoIs
 
     def backward(self, grad_out):
         """grad_out (sum K_i, C, ph, pw) -> list of L grad_features, one per level."""
@@ -174,6 +175,24 @@ class MultiScaleRoI(nn.Module):
                 raise ValueError(f"boxes[{i}] must be (K_i, 4) x1, y1, x2, y2; got {b.shape}")
             rois.append(np.concatenate([np.full((len(b), 1), i, dtype), b], axis=1))
         return features, np.concatenate(rois)
+
+
+def _place_rows(out, rows, values, shape):
+    """out[rows] = values; out (shape) made on first use (None), where values live.
+
+    The levels' rows partition the RoIs (every RoI has one level), so every row of out
+    is written once. Under "cuda" with device values the rows are placed by a kernel
+    and out stays on the device.
+    """
+    fast = kernels.implementation("place_rows")
+    if fast is not None:
+        placed = fast(out, rows, values, shape[0])
+        if placed is not None:
+            return placed
+    if out is None:
+        out = np.zeros(shape, values.dtype)
+    out[rows] = values
+    return out
 
 
 def _normalised(rois, scale, shape):
