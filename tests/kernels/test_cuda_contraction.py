@@ -14,13 +14,11 @@ the kernels to PTX (where NVVM is installed; no GPU needed) and finds no FMA in 
 while the same arithmetic written with ``*`` gets one.
 """
 
-import os
-import subprocess
-import sys
 from fractions import Fraction
 
 import numpy as np
 import pytest
+from real_compiler import run_outside_the_simulator
 
 from tinymaskrcnn.boxes import batched_nms, box_iou
 from tinymaskrcnn.kernels import use_backend
@@ -179,16 +177,9 @@ for f in (T.float32, T.float64):
 
 
 def test_the_box_kernels_compile_without_fused_multiply_adds():
-    # Outside the simulator means another process (conftest switched it on for this one).
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    result = subprocess.run([sys.executable, "-c", _PTX], env=env, capture_output=True, text=True)
-    missing = ("DynamicLibNotFoundError", "NvvmSupportError", "CudaSupportError")
-    if result.returncode and any(e in result.stderr for e in missing):
-        last = result.stderr.strip().splitlines()[-1:] or ["?"]
-        pytest.skip(f"no NVVM / NVRTC here to compile PTX with ({last[0][:200]})")
-    assert result.returncode == 0, result.stderr[-2000:]
+    stdout = run_outside_the_simulator(_PTX)
     counts = {}
-    for line in result.stdout.split("\n"):
+    for line in stdout.split("\n"):
         if line:
             dtype, name, fmas, rounded = line.split()
             counts[dtype, name] = int(fmas), int(rounded)
