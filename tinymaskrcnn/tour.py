@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from . import nn
+from . import kernels, nn
 from .kernels import available_backends, use_backend
 
 TOUR_IMAGES = 4  # images in the detections figure; the stages run on the first
@@ -53,9 +53,20 @@ class Recorder:
 
     def __call__(self, stage, **arrays):
         now = time.perf_counter()
-        self.arrays[stage] = arrays
+        # Under "cuda" some stages hand on device arrays (the feature maps): the figures
+        # and the table read host copies, made outside the stages' times.
+        self.arrays[stage] = _on_host(arrays)
         self.seconds[stage] = now - self._last
-        self._last = now
+        self._last = time.perf_counter()
+
+
+def _on_host(value):
+    """``value`` with every device array in it (in lists, tuples, dicts) copied to the host."""
+    if isinstance(value, dict):
+        return {k: _on_host(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_host(v) for v in value)
+    return kernels.to_host(value)
 
 
 def tour_backends(choice: str) -> list[str]:

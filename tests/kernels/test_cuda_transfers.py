@@ -125,3 +125,20 @@ def test_a_convolution_under_cuda_sees_its_new_weights_and_pickles_without_its_c
     with use_backend("cuda"), count_transfers() as copies:
         np.testing.assert_allclose(clone(x), got, rtol=1e-12)
     assert copies.to_device == 3  # x, and the clone's own weight and bias
+
+
+def test_the_tours_recorder_keeps_host_copies_of_device_arrays():
+    # Under "cuda" the FPN hands on device maps and RoIAlign device features; the tour
+    # draws its figures and prints its table from what it recorded, on the host.
+    from tinymaskrcnn.tour import Recorder
+
+    maps = [np.ones((1, 2, 3, 3)), np.zeros((1, 2, 2, 2))]
+    recorder = Recorder()
+    with use_backend("cuda"):
+        device = [kernels.to_device(m) for m in maps]
+        recorder("fpn", features=device, names=("P2", "P3"), detections=[{"boxes": device[1]}])
+    got = recorder.arrays["fpn"]
+    assert all(isinstance(f, np.ndarray) for f in got["features"])
+    np.testing.assert_array_equal(got["features"][0], maps[0])
+    assert got["names"] == ("P2", "P3")
+    assert isinstance(got["detections"][0]["boxes"], np.ndarray)
