@@ -59,11 +59,12 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "cuda": "cuda_roi_ops.roi_align_backward",
     },
     "roi_pool": {"numba": "numba_roi_ops.roi_pool", "cuda": "cuda_roi_ops.roi_pool"},
-    "place_rows": {"cuda": "cuda_roi_ops.place_rows"},  # device arrays only
     "roi_pool_backward": {
         "numba": "numba_roi_ops.roi_pool_backward",
         "cuda": "cuda_roi_ops.roi_pool_backward",
     },
+    # roi_ops/pyramid.py; device arrays only
+    "place_rows": {"cuda": "cuda_roi_ops.place_rows"},
     # nn/im2col.py, nn/conv.py
     "im2col": {"numba": "numba_conv.im2col"},
     "col2im": {"numba": "numba_conv.col2im"},

@@ -269,8 +269,8 @@ def linear(x, weight, bias):
     k, f_out = x.shape[0], weight.shape[0]
     d_y = cuda.device_array((1, k, f_out), dtype=dtype)
     if k:
-        _matmul(x.reshape(1, *x.shape), to_device(weight, dtype).reshape(1, *weight.shape), d_y,
-                trans_b=True)  # fmt: skip
+        d_w = to_device(weight, dtype).reshape(1, *weight.shape)
+        _matmul(x.reshape(1, *x.shape), d_w, d_y, trans_b=True)
         if bias is not None:
             _add_bias[_grid(1, k * f_out), _THREADS_2D](
                 d_y.reshape(k, f_out, 1), to_device(bias, dtype)

@@ -59,7 +59,7 @@ class Parameter:
     """A trainable array.
 
     data: ndarray, the value (float32 for models; float64 in gradient checks). Under the
-        cuda backend a convolution keeps a device copy of it (``kernels.DeviceCopy``);
+        cuda backend its layer keeps a device copy of it (``kernels.DeviceCopy``);
         the array is then read-only: assign a new one (``p.data = new``) to change it.
     grad: ndarray of data's shape, or None before the first backward; backward adds to it.
     requires_grad: False freezes it: backward leaves ``grad`` alone, SGD skips it.
