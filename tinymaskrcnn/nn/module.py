@@ -92,7 +92,10 @@ class Parameter:
 def kernel_parameters(layer, dtype):
     """(weight, bias or None) of ``layer`` (Conv2d, ConvTranspose2d, Linear) in ``dtype``,
     where its kernel reads them: under "cuda" device copies made once per value
-    (``layer.kernel_weights``, a ``kernels.DeviceCopy``); elsewhere the host arrays."""
+    (``layer.kernel_weights``, a ``kernels.DeviceCopy``); elsewhere the host arrays as
+    they are (the functional forms cast them), with nothing built on the CPU's hot path."""
+    if kernels.get_backend() != "cuda":
+        return layer.weight.data, (None if layer.bias is None else layer.bias.data)
     params = [layer.weight] + ([] if layer.bias is None else [layer.bias])
     dtype = np.dtype(dtype)
     weight, *bias = layer.kernel_weights.get(
