@@ -1,4 +1,4 @@
-"""Hypothesis strategies for boxes, shared by every test that needs random boxes.
+"""Hypothesis strategies for boxes and RoI problems, shared by the tests that need them.
 
 ``boxes()`` draws (N, 4) x1 y1 x2 y2 arrays that mix ordinary boxes with the cases that
 break careless code: zero width or height, points, duplicates, boxes sharing an edge,
@@ -51,3 +51,34 @@ def random_boxes(rng, n, image_size=(800, 1216), min_size=0.0, max_size=300.0, d
     bw = rng.uniform(min_size, max_size, n)
     bh = rng.uniform(min_size, max_size, n)
     return np.stack([x1, y1, x1 + bw, y1 + bh], axis=1).astype(dtype)
+
+
+@st.composite
+def roi_problems(draw, max_k=8, max_c=6, max_size=9):
+    """(features, rois, output_size, spatial_scale) with RoIs of every kind."""
+    n = draw(st.integers(1, 2))
+    c = draw(st.integers(1, max_c))
+    h, w = draw(st.integers(1, max_size)), draw(st.integers(1, max_size))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    # Integer-valued maps now and then, so that RoIPool meets ties.
+    if draw(st.booleans()):
+        features = rng.normal(size=(n, c, h, w)).astype(dtype)
+    else:
+        features = rng.integers(0, 3, size=(n, c, h, w)).astype(dtype)
+    scale = draw(st.sampled_from([1.0, 0.5, 0.25]))
+    k = draw(st.integers(0, max_k))
+    span = np.array([w, h, w, h]) / scale
+    corners = rng.uniform(-0.5, 1.5, size=(k, 4)) * span
+    boxes = np.concatenate(
+        [np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])],
+        axis=1,
+    )
+    if k:
+        zero_width = rng.random(k) < 0.2
+        boxes[zero_width, 2] = boxes[zero_width, 0]
+        boxes = np.where(rng.random((k, 1)) < 0.3, np.round(boxes), boxes)  # on cell borders
+    rois = np.concatenate([rng.integers(0, n, size=(k, 1)), boxes], axis=1).astype(dtype)
+    output_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    return features, rois, output_size, scale

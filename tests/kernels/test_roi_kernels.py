@@ -9,41 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from strategies import roi_problems
 
 from tinymaskrcnn import kernels
 from tinymaskrcnn.kernels import use_backend
 from tinymaskrcnn.roi_ops import roi_align, roi_align_backward, roi_pool, roi_pool_backward
-
-
-@st.composite
-def problems(draw, max_k=8, max_c=6, max_size=9):
-    """(features, rois, output_size, spatial_scale) with RoIs of every kind."""
-    n = draw(st.integers(1, 2))
-    c = draw(st.integers(1, max_c))
-    h, w = draw(st.integers(1, max_size)), draw(st.integers(1, max_size))
-    dtype = draw(st.sampled_from([np.float32, np.float64]))
-    seed = draw(st.integers(0, 2**31 - 1))
-    rng = np.random.default_rng(seed)
-    # Integer-valued maps now and then, so that RoIPool meets ties.
-    if draw(st.booleans()):
-        features = rng.normal(size=(n, c, h, w)).astype(dtype)
-    else:
-        features = rng.integers(0, 3, size=(n, c, h, w)).astype(dtype)
-    scale = draw(st.sampled_from([1.0, 0.5, 0.25]))
-    k = draw(st.integers(0, max_k))
-    span = np.array([w, h, w, h]) / scale
-    corners = rng.uniform(-0.5, 1.5, size=(k, 4)) * span
-    boxes = np.concatenate(
-        [np.minimum(corners[:, :2], corners[:, 2:]), np.maximum(corners[:, :2], corners[:, 2:])],
-        axis=1,
-    )
-    if k:
-        zero_width = rng.random(k) < 0.2
-        boxes[zero_width, 2] = boxes[zero_width, 0]
-        boxes = np.where(rng.random((k, 1)) < 0.3, np.round(boxes), boxes)  # on cell borders
-    rois = np.concatenate([rng.integers(0, n, size=(k, 1)), boxes], axis=1).astype(dtype)
-    output_size = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    return features, rois, output_size, scale
 
 
 def _tolerance(dtype):
@@ -62,7 +32,7 @@ ALL = [*CPU, pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
 def _examples(backend):
     # The CUDA simulator runs a Python thread per output element: fewer, smaller cases.
     # On the CPU up to 6 channels take the numba forward's 4-channel path and its rest.
-    return problems(max_k=4, max_c=2, max_size=6) if backend == "cuda" else problems()
+    return roi_problems(max_k=4, max_c=2, max_size=6) if backend == "cuda" else roi_problems()
 
 
 @pytest.mark.parametrize("backend", ALL)

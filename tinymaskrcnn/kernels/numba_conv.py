@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .numba_threads import threads_for
+
 
 @njit(parallel=True, cache=True)
 def _im2col(xp, kh, kw, sh, sw, dh, dw, r0, r1, wo, cols):
@@ -63,7 +65,8 @@ def im2col(xp, kernel_size, stride, dilation, rows, out=None):
         cols = np.empty(shape, dtype=xp.dtype)
     else:
         cols = out.reshape(-1)[: shape[0] * shape[1] * shape[2]].reshape(shape)
-    _im2col(np.ascontiguousarray(xp), kh, kw, sh, sw, dh, dw, r0, r1, wo, cols)
+    with threads_for(cols.size):
+        _im2col(np.ascontiguousarray(xp), kh, kw, sh, sw, dh, dw, r0, r1, wo, cols)
     return cols
 
 
@@ -73,7 +76,8 @@ def col2im(cols, out, kernel_size, stride, dilation, rows):
     n, c, _, wp = out.shape
     wo = (wp - dw * (kw - 1) - 1) // sw + 1
     cols = np.ascontiguousarray(cols).reshape(n, c * kh * kw, (r1 - r0) * wo)
-    _col2im(cols, kh, kw, sh, sw, dh, dw, r0, r1, wo, out)
+    with threads_for(cols.size):
+        _col2im(cols, kh, kw, sh, sw, dh, dw, r0, r1, wo, out)
     return out
 
 

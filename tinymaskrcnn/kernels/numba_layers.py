@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .numba_threads import threads_for
+
 
 @njit(parallel=True, cache=True)
 def _bias_add_relu(y, bias, residual, has_residual, relu):
@@ -35,9 +37,10 @@ def bias_add_relu_(y, bias, residual=None, relu=True):
         return y
     flat = y.reshape(n * c, h * w)
     b = np.ascontiguousarray(np.asarray(bias).reshape(-1), dtype=y.dtype)
-    if residual is None:
-        _bias_add_relu(flat, b, flat, False, relu)
-    else:
-        r = np.ascontiguousarray(residual, dtype=y.dtype).reshape(n * c, h * w)
-        _bias_add_relu(flat, b, r, True, relu)
+    with threads_for(y.size):
+        if residual is None:
+            _bias_add_relu(flat, b, flat, False, relu)
+        else:
+            r = np.ascontiguousarray(residual, dtype=y.dtype).reshape(n * c, h * w)
+            _bias_add_relu(flat, b, r, True, relu)
     return y

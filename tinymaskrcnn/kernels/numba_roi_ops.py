@@ -6,7 +6,10 @@ that these kernels take, so that every backend places its samples and bins from 
 very same numbers.
 
 Forward work is split over (RoI, block of channels): the sample positions and bilinear
-weights of a RoI are computed once per block and reused for each of its channels.
+weights of a RoI are computed once per block and reused for each of its channels. When
+the RoIs read the map many times over (the heads' many RoIs on a small map), the map is
+first copied channels-last, so that each sample reads its four cells' channels as four
+contiguous rows that the compiler vectorises, instead of one value per channel plane.
 Backward first tabulates, per RoI (in parallel), the distinct cells each bin reads and
 their summed weights, then scatters over blocks of channels, so that no two threads
 ever add into the same gradient cell (no atomics needed on the CPU) and every cell
@@ -25,6 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from .bilinear import bilinear
+from .numba_threads import threads_for
 
 _bilinear = njit(inline="always")(bilinear)
 
@@ -127,6 +131,59 @@ def _roi_align_forward(
                             acc += _sample(values, index, weight, s)
                             s += 1
                         out[k, c, ph, pw] = acc / count
+
+
+@njit(parallel=True, cache=True)
+def _roi_align_forward_channels_last(
+    cells, height, width, batch, sx, sy, bw, bh, grid_h, grid_w, order, use_max, out
+):
+    """``_roi_align_forward`` on a channels-last map: cells (N, H * W * C), cell i's
+    channels at [i * C, (i + 1) * C). Each channel's sums run in the same order, in the
+    same precision, as there, so the two give the same bits."""
+    k_n, c_n, ph_n, pw_n = out.shape
+    for task in prange(k_n):
+        k = order[task]
+        gh, gw = grid_h[k], grid_w[k]
+        per_bin = gh * gw
+        index = np.empty((ph_n * pw_n * per_bin, 4), np.uint32)
+        weight = np.empty((ph_n * pw_n * per_bin, 4), cells.dtype)
+        _fill_samples(sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight)
+        count = max(per_bin, 1)
+        image = cells[batch[k]]
+        acc = np.empty(c_n, np.float64)
+        s = 0
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                start = -np.inf if use_max and per_bin > 0 else 0.0
+                for c in range(c_n):
+                    acc[c] = start
+                for _ in range(per_bin):
+                    w0, w1, w2, w3 = weight[s, 0], weight[s, 1], weight[s, 2], weight[s, 3]
+                    # Unsigned offsets: no wrap-around checks in the channel loops.
+                    r0 = np.uint64(index[s, 0]) * c_n
+                    r1 = np.uint64(index[s, 1]) * c_n
+                    r2 = np.uint64(index[s, 2]) * c_n
+                    r3 = np.uint64(index[s, 3]) * c_n
+                    if use_max:
+                        for c in range(c_n):
+                            value = (
+                                w0 * image[r0 + c]
+                                + w1 * image[r1 + c]
+                                + w2 * image[r2 + c]
+                                + w3 * image[r3 + c]
+                            )
+                            acc[c] = max(acc[c], value)
+                    else:
+                        for c in range(c_n):
+                            acc[c] += (
+                                w0 * image[r0 + c]
+                                + w1 * image[r1 + c]
+                                + w2 * image[r2 + c]
+                                + w3 * image[r3 + c]
+                            )
+                    s += 1
+                for c in range(c_n):
+                    out[k, c, ph, pw] = acc[c] if use_max else acc[c] / count
 
 
 @njit(parallel=True, cache=True)
@@ -265,6 +322,14 @@ def _channel_block(tasks_outside, channels, per_thread=4):
     return -(-block // 4) * 4
 
 
+# Channels-last pays for its copy of the map (about 2 ns a cell, against the 1-2 ns a
+# sample-channel it saves) once the RoIs take this many samples per cell of the map:
+# measured on the VM of benchmarks/RESULTS.md, "RoIAlign channels-last" (the box head's
+# 100 RoIs on the shapes model's 32 x 32 P2, 19 samples a cell: 2.2 -> 1.1 ms; 10 mask
+# RoIs on a 200 x 304 map, 0.13 a cell: 3.6 ms NCHW, 36 ms channels-last).
+_CHANNELS_LAST_MIN_SAMPLES_PER_CELL = 2
+
+
 def roi_align(features, geometry, output_size, reduction):
     """RoIAlign of (N, C, H, W) features; ``geometry`` is ``roi_ops.roi_align_geometry``'s
     seven (K,) arrays. Returns (K, C, ph, pw) in the features' dtype."""
@@ -273,20 +338,19 @@ def roi_align(features, geometry, output_size, reduction):
     out = np.zeros((len(batch), c, *output_size), features.dtype)
     if out.size == 0 or h == 0 or w == 0:
         return out
-    _roi_align_forward(
-        np.ascontiguousarray(features),
-        batch,
-        sx,
-        sy,
-        bw,
-        bh,
-        gh,
-        gw,
-        _raster_order(batch, sx, sy, bw, bh, output_size),
-        reduction == "max",
-        _channel_block(len(batch), c),
-        out,
-    )
+    order = _raster_order(batch, sx, sy, bw, bh, output_size)
+    samples = int(np.sum(gh.astype(np.int64) * gw)) * output_size[0] * output_size[1]
+    use_max = reduction == "max"
+    with threads_for(samples * c):
+        if samples >= _CHANNELS_LAST_MIN_SAMPLES_PER_CELL * n * h * w:
+            cells = np.ascontiguousarray(features.transpose(0, 2, 3, 1)).reshape(n, h * w * c)
+            _roi_align_forward_channels_last(
+                cells, h, w, batch, sx, sy, bw, bh, gh, gw, order, use_max, out
+            )
+        else:
+            features = np.ascontiguousarray(features)
+            cblock = _channel_block(len(batch), c)
+            _roi_align_forward(features, batch, sx, sy, bw, bh, gh, gw, order, use_max, cblock, out)
     return out
 
 
@@ -312,20 +376,23 @@ def roi_align_backward(grad_out, geometry, features_shape):
     order = _raster_order(batch, sx, sy, bw, bh, grad_out.shape[2:])
     entries = 4 * ph_n * pw_n * gh[order].astype(np.int64) * gw[order]
     cblock = _channel_block(1, c)
-    lo = 0
-    while lo < len(order):
-        # At least one RoI a chunk, however many samples it has.
-        total = np.cumsum(entries[lo:])
-        hi = lo + max(1, int(np.searchsorted(total, _BACKWARD_CHUNK_ENTRIES, side="right")))
-        rois = np.ascontiguousarray(order[lo:hi])
-        start = np.concatenate([[0], total[: hi - lo - 1]]).astype(np.int64)
-        size = int(total[hi - lo - 1])
-        cell = np.empty(size, np.uint32)
-        share = np.empty(size, grad.dtype)
-        bin_end = np.empty((hi - lo, ph_n * pw_n), np.int64)
-        _merged_cells(rois, sx, sy, bw, bh, gh, gw, ph_n, pw_n, h, w, start, cell, share, bin_end)
-        _scatter_bins(grad_out, batch, rois, start, cell, share, bin_end, cblock, grad)
-        lo = hi
+    with threads_for(int(entries.sum()) * c):
+        lo = 0
+        while lo < len(order):
+            # At least one RoI a chunk, however many samples it has.
+            total = np.cumsum(entries[lo:])
+            hi = lo + max(1, int(np.searchsorted(total, _BACKWARD_CHUNK_ENTRIES, side="right")))
+            rois = np.ascontiguousarray(order[lo:hi])
+            start = np.concatenate([[0], total[: hi - lo - 1]]).astype(np.int64)
+            size = int(total[hi - lo - 1])
+            cell = np.empty(size, np.uint32)
+            share = np.empty(size, grad.dtype)
+            bin_end = np.empty((hi - lo, ph_n * pw_n), np.int64)
+            _merged_cells(
+                rois, sx, sy, bw, bh, gh, gw, ph_n, pw_n, h, w, start, cell, share, bin_end
+            )
+            _scatter_bins(grad_out, batch, rois, start, cell, share, bin_end, cblock, grad)
+            lo = hi
     return grad
 
 
@@ -336,9 +403,10 @@ def roi_pool(features, batch, h_start, h_end, w_start, w_end):
     argmax = np.full(out.shape, -1, np.int64)
     if out.size == 0:
         return out, argmax
-    _roi_pool_forward(
-        np.ascontiguousarray(features), batch, h_start, h_end, w_start, w_end, out, argmax
-    )
+    with threads_for(out.size):
+        _roi_pool_forward(
+            np.ascontiguousarray(features), batch, h_start, h_end, w_start, w_end, out, argmax
+        )
     return out, argmax
 
 
@@ -347,7 +415,7 @@ def roi_pool_backward(grad_out, argmax, batch, features_shape):
     grad = np.zeros(features_shape, grad_out.dtype)
     if grad_out.size == 0 or grad.size == 0:
         return grad
-    _roi_pool_backward(
-        np.ascontiguousarray(grad_out), np.ascontiguousarray(argmax, dtype=np.int64), batch, grad
-    )
+    argmax = np.ascontiguousarray(argmax, dtype=np.int64)
+    with threads_for(grad_out.size):
+        _roi_pool_backward(np.ascontiguousarray(grad_out), argmax, batch, grad)
     return grad
