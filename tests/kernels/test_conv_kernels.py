@@ -59,6 +59,19 @@ def test_numba_col2im_equals_the_reference(geometry, dtype, seed):
     np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
 
 
+def test_numba_col2im_adds_into_a_strided_view_of_a_larger_map():
+    # The kernel works on a contiguous map; a view (every other channel) still gets its sum.
+    rng = np.random.default_rng(1)
+    cols = rng.standard_normal((2, 3 * 9, 4 * 5)).astype(np.float32)
+    start = rng.standard_normal((2, 6, 6, 7)).astype(np.float32)
+    fast, slow = start.copy(), start.copy()
+    geometry = ((3, 3), (1, 1), (1, 1), (0, 4))
+    kernels.kernel("col2im", "numba")(cols, fast[:, ::2], *geometry)
+    reference(conv_mod.col2im, cols, slow[:, ::2], *geometry)
+    np.testing.assert_allclose(fast, slow, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(fast[:, 1::2], start[:, 1::2])
+
+
 def test_numba_im2col_writes_into_a_given_buffer():
     xp = np.arange(2 * 6 * 7, dtype=np.float32).reshape(1, 2, 6, 7)
     buffer = np.full(1000, -1.0, np.float32)

@@ -19,40 +19,48 @@ from numba import njit, prange
 
 from .numba_threads import threads_for
 
+# Both copies run on flat (plane, cell) views with unsigned offsets: Numba checks every
+# signed index for Python's negative wrap-around, and per-row slice assignments build a
+# view each; on the shapes model's small maps the two cost 2-5x the copy itself
+# (benchmarks/RESULTS.md, "im2col and col2im on flat views").
+
 
 @njit(parallel=True, cache=True)
 def _im2col(xp, kh, kw, sh, sw, dh, dw, r0, r1, wo, cols):
-    n, c = xp.shape[0], xp.shape[1]
+    n, c, hp, wp = xp.shape
     r = r1 - r0
+    planes = xp.reshape(n * c, hp * wp)
+    rows = cols.reshape(n * c * kh * kw, r * wo)
+    step = np.uint64(sw)
     for nc in prange(n * c):
-        b, ch = nc // c, nc % c
+        src = planes[nc]
         for i in range(kh):
             for j in range(kw):
-                k = (ch * kh + i) * kw + j
+                dst = rows[(nc * kh + i) * kw + j]
                 for y in range(r):
-                    src_y = (r0 + y) * sh + i * dh
-                    base = y * wo
-                    if sw == 1:  # contiguous rows: a plain copy the compiler vectorises
-                        cols[b, k, base : base + wo] = xp[b, ch, src_y, j * dw : j * dw + wo]
-                    else:
-                        for x in range(wo):
-                            cols[b, k, base + x] = xp[b, ch, src_y, x * sw + j * dw]
+                    s0 = np.uint64(((r0 + y) * sh + i * dh) * wp + j * dw)
+                    d0 = np.uint64(y * wo)
+                    for x in range(np.uint64(wo)):
+                        dst[d0 + x] = src[s0 + x * step]
 
 
 @njit(parallel=True, cache=True)
 def _col2im(cols, kh, kw, sh, sw, dh, dw, r0, r1, wo, out):
-    n, c = out.shape[0], out.shape[1]
+    n, c, hp, wp = out.shape
     r = r1 - r0
+    planes = out.reshape(n * c, hp * wp)
+    rows = cols.reshape(n * c * kh * kw, r * wo)
+    step = np.uint64(sw)
     for nc in prange(n * c):
-        b, ch = nc // c, nc % c
+        dst = planes[nc]
         for i in range(kh):
             for j in range(kw):
-                k = (ch * kh + i) * kw + j
+                src = rows[(nc * kh + i) * kw + j]
                 for y in range(r):
-                    dst_y = (r0 + y) * sh + i * dh
-                    base = y * wo
-                    for x in range(wo):
-                        out[b, ch, dst_y, x * sw + j * dw] += cols[b, k, base + x]
+                    d0 = np.uint64(((r0 + y) * sh + i * dh) * wp + j * dw)
+                    s0 = np.uint64(y * wo)
+                    for x in range(np.uint64(wo)):
+                        dst[d0 + x * step] += src[s0 + x]
 
 
 def im2col(xp, kernel_size, stride, dilation, rows, out=None):
@@ -76,8 +84,11 @@ def col2im(cols, out, kernel_size, stride, dilation, rows):
     n, c, _, wp = out.shape
     wo = (wp - dw * (kw - 1) - 1) // sw + 1
     cols = np.ascontiguousarray(cols).reshape(n, c * kh * kw, (r1 - r0) * wo)
+    target = out if out.flags.c_contiguous else np.ascontiguousarray(out)
     with threads_for(cols.size):
-        _col2im(cols, kh, kw, sh, sw, dh, dw, r0, r1, wo, out)
+        _col2im(cols, kh, kw, sh, sw, dh, dw, r0, r1, wo, target)
+    if target is not out:
+        out[...] = target
     return out
 
 
