@@ -21,8 +21,8 @@ from .numba_threads import threads_for
 
 # Both copies run on flat (plane, cell) views with unsigned offsets: Numba checks every
 # signed index for Python's negative wrap-around, and per-row slice assignments build a
-# view each; on the shapes model's small maps the two cost 2-5x the copy itself
-# (benchmarks/RESULTS.md, "im2col and col2im on flat views").
+# view each; on the shapes model's small maps the two cost 1.1-5x the copy itself
+# (benchmarks/RESULTS.md, "An Intel AVX-512 VM ...").
 
 
 @njit(parallel=True, cache=True)

@@ -324,9 +324,10 @@ def _channel_block(tasks_outside, channels, per_thread=4):
 
 # Channels-last pays for its copy of the map (about 2 ns a cell, against the 1-2 ns a
 # sample-channel it saves) once the RoIs take this many samples per cell of the map:
-# measured on the VM of benchmarks/RESULTS.md, "RoIAlign channels-last" (the box head's
-# 100 RoIs on the shapes model's 32 x 32 P2, 19 samples a cell: 2.2 -> 1.1 ms; 10 mask
-# RoIs on a 200 x 304 map, 0.13 a cell: 3.6 ms NCHW, 36 ms channels-last).
+# measured by benchmarks/small_kernels.py (benchmarks/RESULTS.md, "An Intel AVX-512 VM
+# ..."): the shapes box head's 100 RoIs on its 32 x 32 P2, 19 samples a cell, 1.37 ->
+# 0.89 ms; the standard 1000 RoIs on (1, 256, 200, 200), 4.9 a cell, 85 -> 60 ms; 10 mask
+# RoIs on a 200 x 200 map, 0.2 a cell, 2.6 ms plane by plane but 20 ms channels-last.
 _CHANNELS_LAST_MIN_SAMPLES_PER_CELL = 2
 
 

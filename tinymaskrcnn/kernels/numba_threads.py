@@ -2,15 +2,17 @@
 
 Numba's OpenMP workers sleep between parallel regions (``OMP_WAIT_POLICY=PASSIVE``, set in
 ``kernels/__init__.py`` so that they do not spin against BLAS's threads), so every region
-first wakes them. On the 2-core VMs of benchmarks/RESULTS.md that costs 40-70 us a
-region ("Small kernels on one thread"): im2col of a 64 x 10 x 10 map took 90 us on two
-threads and 38 us on one, and the shapes model's inference starts some sixty regions.
+first wakes them. On a 2-core VM that costs 40-70 us a region (benchmarks/RESULTS.md,
+"An Intel AVX-512 VM ..."; ``benchmarks/small_kernels.py``): im2col of a 64 x 8 x 8 map
+took 73 us on two threads and 23 us on one, and the shapes model's inference starts some
+sixty regions.
 Below ``PARALLEL_MIN_WORK`` elements a kernel therefore runs on the calling thread alone.
 
-``numba.set_num_threads(1)`` around the call, rather than a second, serial compilation:
-the parallel compilation lowers the kernels' slice copies to plain loops, which its
-serial twin does not (im2col's serial twin measured 3x slower than the parallel one on
-one thread). The count is per calling thread in Numba, so other threads are unaffected.
+``numba.set_num_threads(1)`` around the call, rather than a second, serial compilation
+(as the box kernels have): no kernel is compiled twice, and the parallel compilation
+lowers array-slice copies to plain loops, which a serial one does not (the slice-copy
+im2col of 71442c0 ran 3x slower serially compiled). The count is per calling thread in
+Numba, so other threads are unaffected.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from contextlib import contextmanager
 
 import numba
 
-# Elements read or written. Between 2**19 and 2**22 two threads began to win over one for
-# im2col on the VM of the measurement above (590k elements: 181 us on two, 144 us on
-# one; 4.7M: 0.49 ms against 0.90 ms).
+# Elements read or written. Between 2**19 and 2**21 two threads began to win over one for
+# im2col on the VM of the measurement above (590k elements: 192 us on two, 141 us on
+# one; 2.4M: 493 us against 557).
 PARALLEL_MIN_WORK = 1 << 20
 
 
