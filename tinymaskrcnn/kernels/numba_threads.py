@@ -11,7 +11,7 @@ Below ``PARALLEL_MIN_WORK`` elements a kernel therefore runs on the calling thre
 ``numba.set_num_threads(1)`` around the call, rather than a second, serial compilation
 (as the box kernels have): no kernel is compiled twice, and the parallel compilation
 lowers array-slice copies to plain loops, which a serial one does not (the slice-copy
-im2col of 71442c0 ran 3x slower serially compiled). The count is per calling thread in
+im2col of ce0f19f ran 3x slower serially compiled). The count is per calling thread in
 Numba, so other threads are unaffected.
 """
 
