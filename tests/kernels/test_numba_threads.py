@@ -138,6 +138,18 @@ def test_roi_align_reads_channels_last_with_the_same_bits(problem, ratio, aligne
     np.testing.assert_array_equal(channels_last, planes)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["avg", "max"])
+def test_roi_align_reads_channels_last_with_the_same_bits_on_many_channels(dtype, reduction):
+    # 67 channels: the compiler's vector loop over channels and its scalar tail both run.
+    features, rois = _roi_problem(dtype, n_rois=30, channels=67, size=10)
+    for ratio, aligned in ((2, False), (-1, True)):
+        channels_last, planes = _both_layouts(
+            features, rois, (5, 4), 0.25, ratio, aligned, reduction
+        )
+        np.testing.assert_array_equal(channels_last, planes)
+
+
 def test_roi_align_takes_channels_last_where_the_rois_read_each_cell_often(monkeypatch):
     taken = []
     for name in ("_roi_align_forward", "_roi_align_forward_channels_last"):
