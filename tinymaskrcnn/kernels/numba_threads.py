@@ -4,9 +4,11 @@ Numba's OpenMP workers sleep between parallel regions (``OMP_WAIT_POLICY=PASSIVE
 ``kernels/__init__.py`` so that they do not spin against BLAS's threads), so every region
 first wakes them. On a 2-core VM that costs 40-70 us a region (benchmarks/RESULTS.md,
 "An Intel AVX-512 VM ..."; ``benchmarks/small_kernels.py``): im2col of a 64 x 8 x 8 map
-took 73 us on two threads and 23 us on one, and the shapes model's inference starts some
-sixty regions.
-Below ``PARALLEL_MIN_WORK`` elements a kernel therefore runs on the calling thread alone.
+took 73 us on two threads and 23 us on one. Below ``PARALLEL_MIN_WORK`` elements a kernel
+therefore runs on the calling thread alone. In the shapes model's inference, whose some
+sixty regions are mostly small, that measured the same as all threads on a quiet VM (the
+switch costs 3-6 us a call); it is there for the small kernels' own time, and for a
+machine where another process holds a core and a woken worker may wait a time slice.
 
 ``numba.set_num_threads(1)`` around the call, rather than a second, serial compilation
 (as the box kernels have): no kernel is compiled twice, and the parallel compilation
