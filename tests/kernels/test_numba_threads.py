@@ -150,6 +150,16 @@ def test_roi_align_reads_channels_last_with_the_same_bits_on_many_channels(dtype
         np.testing.assert_array_equal(channels_last, planes)
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 17, 9, 11), (1, 40, 30, 50)])
+def test_the_tiled_channels_last_copy_equals_numpys_transpose(shape, monkeypatch):
+    # Tile edges: channels not a multiple of 16, cells not of 64; small maps through NumPy.
+    features = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected = features.transpose(0, 2, 3, 1).reshape(shape[0], -1)
+    for limit in (0, 1 << 62):  # the tiled kernel, NumPy's copy
+        monkeypatch.setattr(numba_threads, "PARALLEL_MIN_WORK", limit)
+        np.testing.assert_array_equal(numba_roi_ops._channels_last(features), expected)
+
+
 def test_roi_align_takes_channels_last_where_the_rois_read_each_cell_often(monkeypatch):
     taken = []
     for name in ("_roi_align_forward", "_roi_align_forward_channels_last"):

@@ -27,6 +27,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import numba_threads
 from .bilinear import bilinear
 from .numba_threads import threads_for
 
@@ -131,6 +132,30 @@ def _roi_align_forward(
                             acc += _sample(values, index, weight, s)
                             s += 1
                         out[k, c, ph, pw] = acc / count
+
+
+@njit(parallel=True, cache=True)
+def _to_channels_last(planes, cells, channels, size):
+    """cells (N * H * W * C,) = planes (N * C * H * W,) transposed to channels-last.
+
+    In tiles of 64 cells x 16 channels, each tile's reads 16 rows of 64 consecutive cells
+    and its writes 64 rows of 16 consecutive channels, so both sides stay in cache; NumPy's
+    transposed copy walks one side with a stride of H * W (twice as long on a 256-channel
+    200 x 200 map)."""
+    n = planes.size // (channels * size)
+    c = np.uint64(channels)
+    hw = np.uint64(size)
+    tiles = (size + 63) // 64
+    for task in prange(n * tiles):
+        b = np.uint64(task // tiles)
+        p0 = np.uint64((task % tiles) * 64)
+        p1 = min(p0 + np.uint64(64), hw)
+        for c0 in range(np.uint64(0), c, np.uint64(16)):
+            c1 = min(c0 + np.uint64(16), c)
+            for p in range(p0, p1):
+                row = (b * hw + p) * c
+                for ch in range(c0, c1):
+                    cells[row + ch] = planes[(b * c + ch) * hw + p]
 
 
 @njit(parallel=True, cache=True)
@@ -322,13 +347,24 @@ def _channel_block(tasks_outside, channels, per_thread=4):
     return -(-block // 4) * 4
 
 
-# Channels-last pays for its copy of the map (about 2 ns a cell, against the 1-2 ns a
-# sample-channel it saves) once the RoIs take this many samples per cell of the map:
-# measured by benchmarks/small_kernels.py (benchmarks/RESULTS.md, "An Intel AVX-512 VM
-# ..."): the shapes box head's 100 RoIs on its 32 x 32 P2, 19 samples a cell, 1.37 ->
-# 0.89 ms; the standard 1000 RoIs on (1, 256, 200, 200), 4.9 a cell, 85 -> 60 ms; 10 mask
-# RoIs on a 200 x 200 map, 0.2 a cell, 2.6 ms plane by plane but 20 ms channels-last.
+# Channels-last pays for its copy of the map (1.4 ns a cell and channel on two threads,
+# against the 1-2 ns a sample-channel it saves) once the RoIs take this many samples per
+# cell of the map. Measured by benchmarks/small_kernels.py (benchmarks/RESULTS.md, "An
+# Intel AVX-512 VM ..."), plane by plane -> channels-last: the shapes box head's 100 RoIs
+# on its 32 x 32 P2, 19 samples a cell, 1.4 -> 0.9 ms; the standard 1000 RoIs on
+# (1, 256, 200, 200), 4.9 a cell, 84 -> 48 ms; 10 mask RoIs on a 200 x 200 map, 0.2 a
+# cell, 3.1 -> 11 ms (there the copy is most of the time).
 _CHANNELS_LAST_MIN_SAMPLES_PER_CELL = 2
+
+
+def _channels_last(features):
+    """(N, C, H, W) -> (N, H * W * C) channels-last, by the tiled kernel on large maps."""
+    n, c, h, w = features.shape
+    if features.size < numba_threads.PARALLEL_MIN_WORK:  # NumPy's copy is as fast there
+        return np.ascontiguousarray(features.transpose(0, 2, 3, 1)).reshape(n, h * w * c)
+    cells = np.empty(n * h * w * c, features.dtype)
+    _to_channels_last(np.ascontiguousarray(features).reshape(-1), cells, c, h * w)
+    return cells.reshape(n, h * w * c)
 
 
 def roi_align(features, geometry, output_size, reduction):
@@ -344,7 +380,7 @@ def roi_align(features, geometry, output_size, reduction):
     use_max = reduction == "max"
     with threads_for(samples * c):
         if samples >= _CHANNELS_LAST_MIN_SAMPLES_PER_CELL * n * h * w:
-            cells = np.ascontiguousarray(features.transpose(0, 2, 3, 1)).reshape(n, h * w * c)
+            cells = _channels_last(features)
             _roi_align_forward_channels_last(
                 cells, h, w, batch, sx, sy, bw, bh, gh, gw, order, use_max, out
             )
