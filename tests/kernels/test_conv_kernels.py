@@ -382,3 +382,18 @@ def test_on_host_inputs_linear_and_the_transposed_convolution_copy_nothing():
         z = transposed(rng.standard_normal((1, 2, 3, 3)).astype(np.float32))
     assert isinstance(y, np.ndarray) and isinstance(z, np.ndarray)
     assert copies.total == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_relu_gives_np_maximums_bytes_and_leaves_its_input(dtype):
+    x = np.array([[-2.0, -0.0, 0.0, 1e-30, 3.0, np.nan, -np.inf, np.inf]], dtype)
+    x = np.concatenate([x, np.random.default_rng(0).standard_normal((3, 8)).astype(dtype)])
+    before = x.copy()
+    got = kernels.kernel("relu", "numba")(x)
+    expected = np.maximum(x, 0)
+    assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
+    assert x.tobytes() == before.tobytes()
+    # A layer in inference takes it; a non-contiguous input is left to the reference.
+    with use_backend("numba"):
+        np.testing.assert_array_equal(nn.ReLU().eval()(x[:, ::2]), np.maximum(x[:, ::2], 0))
+    assert kernels.kernel("relu", "numba")(x[:, ::2]) is None

@@ -88,6 +88,8 @@ def test_every_numba_kernel_equals_the_reference_on_either_thread_path(threads_p
         rtol=1e-6,
     )
 
+    np.testing.assert_array_equal(kernels.kernel("relu", "numba")(x), np.maximum(x, 0))
+
     features, rois = _roi_problem(dtype)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == np.float32 else {"rtol": 1e-10, "atol": 1e-12}
     for reduction in ("avg", "max"):

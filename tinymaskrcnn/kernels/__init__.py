@@ -79,7 +79,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "numba": "numba_layers.bias_add_relu_",
         "cuda": "cuda_layers.bias_add_relu_",
     },
-    "relu": {"cuda": "cuda_layers.relu"},
+    "relu": {"numba": "numba_layers.relu", "cuda": "cuda_layers.relu"},
     "max_pool2d": {"cuda": "cuda_layers.max_pool2d"},
     # fpn.py
     "add_top_down": {"cuda": "cuda_layers.add_top_down"},

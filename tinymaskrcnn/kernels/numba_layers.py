@@ -1,9 +1,10 @@
-"""Numba CPU kernels for nn/layers.py: the fused inference epilogue, in parallel.
+"""Numba CPU kernels for nn/layers.py: the fused inference epilogue and ReLU, in parallel.
 
 ``bias_add_relu_`` ends every folded convolution of the backbone's inference path
 (bias from the frozen batch norm, the block's shortcut, ReLU). NumPy does that in two
 or three single-threaded passes over the feature map; this does it in one pass, one
-(image, channel) plane per parallel iteration.
+(image, channel) plane per parallel iteration. ``relu`` is nn.ReLU in inference (the RPN
+and mask heads' ReLUs): ``np.maximum(x, 0)`` on all threads, with its exact results.
 """
 
 from __future__ import annotations
@@ -43,4 +44,24 @@ def bias_add_relu_(y, bias, residual=None, relu=True):
         else:
             r = np.ascontiguousarray(residual, dtype=y.dtype).reshape(n * c, h * w)
             _bias_add_relu(flat, b, r, True, relu)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def _relu(x, y):
+    for i in prange(x.size):
+        v = x[i]
+        # np.maximum(v, 0): v where v > 0, NaN where NaN, else +0 (also for -0.0).
+        y[i] = v if v > 0 or v != v else 0
+
+
+def relu(x):
+    """Same contract as the reference in ``tinymaskrcnn.nn.layers.ReLU.forward`` in
+    inference: a new array max(x, 0), x unchanged. None for anything but a contiguous
+    float array (the reference runs)."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f" or not x.flags.c_contiguous:
+        return None
+    y = np.empty_like(x)
+    with threads_for(x.size):
+        _relu(x.reshape(-1), y.reshape(-1))
     return y
