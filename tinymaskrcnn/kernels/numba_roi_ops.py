@@ -57,6 +57,17 @@ def _fill_samples(sx, sy, bw, bh, gh, gw, ph_n, pw_n, height, width, index, weig
 
 
 @njit(inline="always")
+def _roi_samples(k, sx, sy, bw, bh, grid_h, grid_w, ph_n, pw_n, height, width, dtype):
+    """RoI k's sample tables (``_fill_samples``): index (S, 4) uint32 and weight (S, 4) of
+    ``dtype``, S = ph_n * pw_n * samples per bin, and the samples per bin."""
+    gh, gw = grid_h[k], grid_w[k]
+    index = np.empty((ph_n * pw_n * gh * gw, 4), np.uint32)
+    weight = np.empty((ph_n * pw_n * gh * gw, 4), dtype)
+    _fill_samples(sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight)
+    return index, weight, gh * gw
+
+
+@njit(inline="always")
 def _sample(values, index, weight, s):
     return (
         weight[s, 0] * values[index[s, 0]]
@@ -93,11 +104,9 @@ def _roi_align_forward(
         k = order[task // n_blocks]
         c0 = (task % n_blocks) * cblock
         c1 = min(c0 + cblock, c_n)
-        gh, gw = grid_h[k], grid_w[k]
-        per_bin = gh * gw
-        index = np.empty((ph_n * pw_n * per_bin, 4), np.uint32)
-        weight = np.empty((ph_n * pw_n * per_bin, 4), features.dtype)
-        _fill_samples(sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight)
+        index, weight, per_bin = _roi_samples(
+            k, sx, sy, bw, bh, grid_h, grid_w, ph_n, pw_n, height, width, features.dtype
+        )
         count = max(per_bin, 1)
         b = batch[k]
         c = c0
@@ -138,7 +147,7 @@ def _roi_align_forward(
 def _to_channels_last(planes, cells, channels, size):
     """cells (N * H * W * C,) = planes (N * C * H * W,) transposed to channels-last.
 
-    In tiles of 64 cells x 16 channels, each tile's reads 16 rows of 64 consecutive cells
+    In tiles of 64 cells x 16 channels, each tile reads 16 rows of 64 consecutive cells
     and its writes 64 rows of 16 consecutive channels, so both sides stay in cache; NumPy's
     transposed copy walks one side with a stride of H * W (twice as long on a 256-channel
     200 x 200 map)."""
@@ -168,11 +177,9 @@ def _roi_align_forward_channels_last(
     k_n, c_n, ph_n, pw_n = out.shape
     for task in prange(k_n):
         k = order[task]
-        gh, gw = grid_h[k], grid_w[k]
-        per_bin = gh * gw
-        index = np.empty((ph_n * pw_n * per_bin, 4), np.uint32)
-        weight = np.empty((ph_n * pw_n * per_bin, 4), cells.dtype)
-        _fill_samples(sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight)
+        index, weight, per_bin = _roi_samples(
+            k, sx, sy, bw, bh, grid_h, grid_w, ph_n, pw_n, height, width, cells.dtype
+        )
         count = max(per_bin, 1)
         image = cells[batch[k]]
         acc = np.empty(c_n, np.float64)
@@ -226,12 +233,9 @@ def _merged_cells(rois, sx, sy, bw, bh, grid_h, grid_w, ph_n, pw_n, height, widt
     """
     for i in prange(rois.shape[0]):
         k = rois[i]
-        gh, gw = grid_h[k], grid_w[k]
-        per_bin = gh * gw
-        samples = ph_n * pw_n * per_bin
-        index = np.empty((samples, 4), np.uint32)
-        weight = np.empty((samples, 4), np.float64)
-        _fill_samples(sx[k], sy[k], bw[k], bh[k], gh, gw, ph_n, pw_n, height, width, index, weight)
+        index, weight, per_bin = _roi_samples(
+            k, sx, sy, bw, bh, grid_h, grid_w, ph_n, pw_n, height, width, np.float64
+        )
         count = max(per_bin, 1)
         end = start[i]
         for b in range(ph_n * pw_n):
