@@ -13,35 +13,18 @@ The backward passes are timed on their own: torchvision's through
 ``torch.ops.torchvision._roi_align_backward`` / ``_roi_pool_backward`` (the ops autograd
 calls), ours through ``roi_align_backward`` / ``roi_pool_backward``. The NumPy reference
 is timed once (it is the specification, not a fast path) and only with ``--reference``.
-Median of ``--repeat`` rounds after one warm-up call (which includes Numba's compilation);
-within a round the contenders run in turn, so all of them share the same machine load.
+Median of ``--repeat`` rounds after a warm-up of each (benchmarks/timing.py: the
+compilation, then a second of calls, past the VM's first touch of fresh memory); within a
+round the contenders run in turn, so all of them share the same machine load.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import numpy as np
-
-
-def timed_interleaved(functions, repeat):
-    """Median seconds of each function, run in turn within each round.
-
-    Interleaving gives every contender the same share of whatever else the machine is
-    doing (this 2-core machine is shared), instead of one of them a quiet minute.
-    """
-    for function in functions.values():
-        function()  # warm-up: compilation, caches
-    times = {name: [] for name in functions}
-    for _ in range(repeat):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+from timing import timed_interleaved  # benchmarks/timing.py, beside this script
 
 
 def make_problem(rng, n_rois, channels, size, scale, images=1, sides=(16, 256)):
@@ -141,7 +124,7 @@ def main(argv=None):
         fast = {k: v for k, v in functions.items() if k != "numpy"}
         for name, seconds in {
             **timed_interleaved(fast, args.repeat),
-            **timed_interleaved(slow, 1),
+            **timed_interleaved(slow, 1, seconds=0),
         }.items():
             rows.setdefault(name, {})[op] = seconds
 

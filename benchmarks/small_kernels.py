@@ -13,7 +13,7 @@
    cost of waking Numba's sleeping workers against the work. The rule's choice is marked.
 
 Median microseconds of ``--repeat`` calls after a warm-up; within a round the two choices
-run in turn, so they share whatever else the machine does (benchmarks/roi_ops.py's
+run in turn, so they share whatever else the machine does (benchmarks/timing.py's
 ``timed_interleaved``). Needs only tinymaskrcnn (no torch): these are our own choices.
 """
 
@@ -40,7 +40,8 @@ def main(argv=None):
 
     import numba
     import numpy as np
-    from roi_ops import make_problem, timed_interleaved
+    from roi_ops import make_problem
+    from timing import timed_interleaved
 
     from tinymaskrcnn import kernels
     from tinymaskrcnn.kernels import numba_roi_ops, numba_threads
