@@ -261,6 +261,31 @@ class RegionProposalNetwork(nn.Module):
         self.cfg = cfg
         self.anchor_generator = AnchorGenerator(cfg.anchor_sizes, cfg.aspect_ratios)
         self.head = RPNHead(in_channels, cfg.num_anchors_per_location, rng=rng)
+        self._anchor_cache = None  # (key, anchors, num_per_level, strides): _anchors
+
+    def _anchors(self, padded_size, features):
+        """(anchors (M, 4) in the maps' dtype, read-only; A * Hl * Wl per level; strides).
+
+        The anchors depend only on the generator, the padded size and the map sizes,
+        which stay the same from batch to batch (the shapes model always sees 128 x 128),
+        so the last ones are kept and handed out again while all of them match;
+        read-only, so that no caller can change what the next forward gets.
+        """
+        feature_sizes = [tuple(int(s) for s in f.shape[2:]) for f in features]
+        key = (
+            self.anchor_generator,  # compared by identity: a new generator, new anchors
+            tuple(int(s) for s in padded_size),
+            tuple(feature_sizes),
+            np.dtype(features[0].dtype),
+        )
+        if self._anchor_cache is None or self._anchor_cache[0] != key:
+            per_level = self.anchor_generator.generate(padded_size, feature_sizes)
+            anchors = np.concatenate(per_level).astype(features[0].dtype)
+            anchors.flags.writeable = False
+            strides = self.anchor_generator.strides(padded_size, feature_sizes)
+            self._anchor_cache = (key, anchors, [len(a) for a in per_level], strides)
+        _, anchors, num_per_level, strides = self._anchor_cache
+        return anchors, list(num_per_level), list(strides)
 
     def forward(self, features, image_sizes, padded_size, targets=None, rng=None, trace=None):
         """features: list of L (N, D, Hl, Wl); image_sizes: N (h, w) before padding;
@@ -270,16 +295,8 @@ class RegionProposalNetwork(nn.Module):
         MaskRCNN.forward's."""
         cfg = self.cfg
         trace = trace or (lambda stage, **arrays: None)
-        feature_sizes = [tuple(f.shape[2:]) for f in features]
-        per_level = self.anchor_generator.generate(padded_size, feature_sizes)
-        num_per_level = [len(a) for a in per_level]
-        anchors = np.concatenate(per_level).astype(features[0].dtype)
-        trace(
-            "anchors",
-            anchors=anchors,
-            num_per_level=num_per_level,
-            strides=self.anchor_generator.strides(padded_size, feature_sizes),
-        )
+        anchors, num_per_level, strides = self._anchors(padded_size, features)
+        trace("anchors", anchors=anchors, num_per_level=num_per_level, strides=strides)
         objectness_maps, delta_maps = self.head(features)
         # On the GPU (the "cuda" backend's inference) the maps come over: what follows
         # sorts the scores, which stays on the host (docs/architecture.md, Backends and dispatch).

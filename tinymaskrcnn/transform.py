@@ -274,7 +274,14 @@ class Transform:
         for i, image in enumerate(images):
             size = resized_size(*image.shape[1:], self.min_size, self.max_size)
             image = normalize(image, self.image_mean, self.image_std)
-            resized.append(resize_bilinear(image, size))
+            if size == image.shape[1:]:
+                # At its own size the bilinear resize is the identity (every tap weight
+                # is 1 or 0, and the images are finite), so only its dtype rule applies:
+                # a 128 x 128 shapes image already has the shapes model's size.
+                out_dtype = np.float64 if image.dtype == np.float64 else np.float32
+                resized.append(image.astype(out_dtype, copy=False))
+            else:
+                resized.append(resize_bilinear(image, size))
             image_sizes.append(size)
             if targets is not None:
                 target = dict(targets[i])
