@@ -161,3 +161,34 @@ def test_rpn_head_loads_the_old_conv_key():
     state["conv.bias"] = state.pop("conv.0.0.bias")
     head.load_state_dict(state)
     np.testing.assert_array_equal(head.conv[0][0].weight.data, state["conv.weight"])
+
+
+def test_the_rpn_keeps_its_anchors_only_while_generator_and_sizes_stay_the_same():
+    from tinymaskrcnn.anchors import AnchorGenerator
+    from tinymaskrcnn.rpn import RegionProposalNetwork
+
+    rpn = RegionProposalNetwork(CFG, 4, rng=np.random.default_rng(0))
+    maps = [np.zeros((1, 4, s, s), np.float32) for s in (16, 8, 4, 2, 1)]
+
+    def fresh(generator, padded, features):
+        sizes = [f.shape[2:] for f in features]
+        return np.concatenate(generator.generate(padded, sizes)).astype(features[0].dtype)
+
+    anchors, per_level, strides = rpn._anchors((64, 64), maps)
+    np.testing.assert_array_equal(anchors, fresh(rpn.anchor_generator, (64, 64), maps))
+    assert per_level == [3 * s * s for s in (16, 8, 4, 2, 1)]
+    assert strides == rpn.anchor_generator.strides((64, 64), [m.shape[2:] for m in maps])
+    with pytest.raises(ValueError, match="read-only"):
+        anchors[0, 0] = 1.0  # nobody can change what the next forward gets
+    assert rpn._anchors((64, 64), maps)[0] is anchors  # same key: kept
+    # Any part of the key changed: made again.
+    smaller = [np.zeros((1, 4, s, s), np.float32) for s in (8, 4, 2, 1, 1)]
+    np.testing.assert_array_equal(
+        rpn._anchors((32, 32), smaller)[0], fresh(rpn.anchor_generator, (32, 32), smaller)
+    )
+    doubles = [m.astype(np.float64) for m in maps]
+    assert rpn._anchors((64, 64), doubles)[0].dtype == np.float64
+    rpn.anchor_generator = AnchorGenerator(((4,), (8,), (16,), (32,), (64,)), ((1.0,),) * 5)
+    np.testing.assert_array_equal(
+        rpn._anchors((64, 64), maps)[0], fresh(rpn.anchor_generator, (64, 64), maps)
+    )

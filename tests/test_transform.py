@@ -200,3 +200,26 @@ def test_postprocess_equals_torchvisions(fx, name):
     back = tr.postprocess([{"boxes": t["boxes"]} for t in new_targets], sizes, [(37, 53), (50, 41)])
     for i, det in enumerate(back):
         np.testing.assert_allclose(det["boxes"], fx[f"{name}_back{i}"], rtol=1e-6)
+
+
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.sampled_from([np.float32, np.float64, np.float16]),
+    st.integers(0, 2**16),
+)
+def test_resizing_to_its_own_size_is_the_identity_the_transform_skips(h, w, dtype, seed):
+    # Transform hands an image already at its size on without resizing it; that is only
+    # right because the resize would return the very same values, in its own dtype rule.
+    image = np.random.default_rng(seed).random((3, h, w)).astype(dtype)
+    resized = resize_bilinear(image, (h, w))
+    np.testing.assert_array_equal(resized, image.astype(resized.dtype))
+    short, long = min(h, w), max(h, w)
+    transform = Transform(MaskRCNNConfig.shapes(min_size=short, max_size=long))
+    batch, sizes, _ = transform([image])
+    assert sizes == [(h, w)]
+    mean = np.asarray(transform.image_mean, image.dtype)[:, None, None]
+    std = np.asarray(transform.image_std, image.dtype)[:, None, None]
+    expected = resize_bilinear((image - mean) / std, (h, w))
+    assert batch.dtype == expected.dtype
+    np.testing.assert_array_equal(batch[0, :, :h, :w], expected)
