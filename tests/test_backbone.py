@@ -72,6 +72,29 @@ def test_frozen_stages_keep_nothing_and_backward_stops_above_them():
     assert all(m._saved == [] for m in model.modules())
 
 
+def test_training_can_leave_out_the_images_gradient_and_nothing_else():
+    # MaskRCNN.backward asks for no image gradient (conv1's largest product); every
+    # parameter's gradient, conv1's included, is the same as with it, bit for bit.
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 32, 32))
+    grads = None
+    results = {}
+    for image_grad in (True, False):
+        model = ResNet("resnet18", width=0.125, trainable_layers=5, rng=np.random.default_rng(0))
+        model = model.astype(np.float64)
+        feats = model(x)
+        if grads is None:
+            grads = [rng.standard_normal(c.shape) for c in feats]
+        results[image_grad] = model.backward(grads, image_grad=image_grad)
+        params = {n: p.grad.copy() for n, p in model.named_parameters()}
+        results[image_grad, "params"] = params
+    assert results[True].shape == x.shape and results[False] is None
+    with_image, without = results[True, "params"], results[False, "params"]
+    assert with_image.keys() == without.keys() and "conv1.weight" in without
+    for name in with_image:
+        np.testing.assert_array_equal(without[name], with_image[name], err_msg=name)
+
+
 def test_frozen_batch_norm_eps_reaches_every_norm_layer():
     model = ResNet("resnet18", width=0.125, frozen_bn_eps=0.0, rng=np.random.default_rng(0))
     eps = {m.eps for m in model.modules() if isinstance(m, nn.FrozenBatchNorm2d)}

@@ -277,11 +277,13 @@ class ResNet(nn.Module):
                 features.append(x)
         return features
 
-    def backward(self, grads):
+    def backward(self, grads, image_grad=True):
         """grads: gradients of [C2, C3, C4, C5] (None for an unused one).
 
         Accumulates .grad of the trainable parameters. Returns the gradient of the
-        image (N, 3, H, W), or None when conv1 is frozen (it is never needed then).
+        image (N, 3, H, W), or None when conv1 is frozen (it is never needed then) or
+        ``image_grad`` is False (training: torch, too, leaves out the gradient of an
+        input that does not require one, conv1's largest product).
         """
         if len(grads) != 4:
             raise ValueError(f"ResNet.backward needs 4 gradients (C2..C5); got {len(grads)}")
@@ -296,7 +298,7 @@ class ResNet(nn.Module):
         if first_trained > 0:
             return None
         g = self.maxpool.backward(g)
-        return self.conv1.backward(self.bn1.backward(self.relu.backward(g)))
+        return self.conv1.backward(self.bn1.backward(self.relu.backward(g)), image_grad)
 
 
 def _no_grad_if(flag: bool):

@@ -158,9 +158,10 @@ class BackboneWithFPN(nn.Module):
         trace("fpn", features=p)
         return p
 
-    def backward(self, grads):
-        """grads of [P2..P6] -> gradient of the image, or None when conv1 is frozen."""
-        return self.body.backward(self.fpn.backward(grads))
+    def backward(self, grads, image_grad=True):
+        """grads of [P2..P6] -> gradient of the image, or None when conv1 is frozen or
+        ``image_grad`` is False (ResNet.backward)."""
+        return self.body.backward(self.fpn.backward(grads), image_grad)
 
 
 def resnet_fpn_backbone(

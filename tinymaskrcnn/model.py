@@ -181,7 +181,7 @@ class MaskRCNN(nn.Module):
         grad_rpn = self.rpn.backward(weights)  # P2..P6
         grad_heads = self.roi_heads.backward(weights)  # P2..P5
         grads = [a + b for a, b in zip(grad_rpn[:4], grad_heads, strict=True)] + [grad_rpn[4]]
-        self.backbone.backward(grads)
+        self.backbone.backward(grads, image_grad=False)  # nothing reads the image's
 
     # --- weights -------------------------------------------------------------------------
 

@@ -393,10 +393,14 @@ class Conv2d(_ConvLayer):
         self._keep_input(x)
         return conv2d(x, *kernel_parameters(self, x.dtype), *self._args())
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
+        """Accumulate the parameters' gradients; returns the input's, or None when
+        ``input_grad`` is False (the first layer, whose input is the image)."""
         x, w = self._pop(), self.weight
         weight, _ = kernel_parameters(self, grad_out.dtype)
-        grads = conv2d_backward(grad_out, x, weight, *self._args(), weight_grad=w.requires_grad)
+        grads = conv2d_backward(
+            grad_out, x, weight, *self._args(), input_grad=input_grad, weight_grad=w.requires_grad
+        )
         return self._accumulate(*grads)
 
     def extra_repr(self) -> str:
