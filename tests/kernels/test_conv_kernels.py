@@ -82,17 +82,27 @@ def test_numba_im2col_writes_into_a_given_buffer():
     )
 
 
+def _set_bands(patch, numba_conv, bands):
+    """Winograd's bands of tile rows: all rows in one, one row per band (every band
+    boundary exercised), or a few tiles' worth of rows (bands that end inside an image
+    or run across two)."""
+    if bands == "one row":
+        patch.setattr(numba_conv, "WINOGRAD_BAND_BYTES", 1)
+    elif bands == "few tiles":
+        patch.setattr(numba_conv, "WINOGRAD_BAND_TILES", 5)
+
+
 @given(
     shape=st.tuples(st.integers(1, 2), st.integers(1, 5), st.integers(1, 11), st.integers(1, 11)),
     out_channels=st.integers(1, 5),
     padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
     bias=st.booleans(),
-    small_bands=st.booleans(),
+    bands=st.sampled_from(["whole", "one row", "few tiles"]),
     dtype=DTYPES,
     seed=st.integers(0, 2**16),
 )
 def test_numba_winograd_conv2d_equals_the_reference(
-    shape, out_channels, padding, bias, small_bands, dtype, seed
+    shape, out_channels, padding, bias, bands, dtype, seed
 ):
     n, c, h, w = shape
     if h + 2 * padding[0] < 3 or w + 2 * padding[1] < 3:
@@ -105,8 +115,7 @@ def test_numba_winograd_conv2d_equals_the_reference(
     expected = reference(nn.conv2d, x, wt, b, 1, padding)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(numba_conv, "WINOGRAD_MIN_PRODUCT", 0)  # these sizes, too, on Winograd
-        if small_bands:  # one row of tiles per band: every band boundary is exercised
-            patch.setattr(numba_conv, "WINOGRAD_BAND_BYTES", 1)
+        _set_bands(patch, numba_conv, bands)
         got = kernels.kernel("conv2d", "numba")(x, wt, b, (1, 1), padding, (1, 1), 1)
     assert got.dtype == dtype and got.shape == expected.shape
     # The transforms reorder the sums (4 x 4 tiles of inputs, the 1/2s of G): equal up to
@@ -120,12 +129,12 @@ def test_numba_winograd_conv2d_equals_the_reference(
     shape=st.tuples(st.integers(1, 2), st.integers(1, 5), st.integers(1, 11), st.integers(1, 11)),
     out_channels=st.integers(1, 5),
     padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
-    small_bands=st.booleans(),
+    bands=st.sampled_from(["whole", "one row", "few tiles"]),
     dtype=DTYPES,
     seed=st.integers(0, 2**16),
 )
 def test_numba_winograd_conv2d_backward_equals_the_reference(
-    shape, out_channels, padding, small_bands, dtype, seed
+    shape, out_channels, padding, bands, dtype, seed
 ):
     # Under numba both gradients of a 3x3 stride-1 convolution run on Winograd: the input
     # gradient as the convolution with the turned filters (nn/conv.py), the weight
@@ -142,8 +151,7 @@ def test_numba_winograd_conv2d_backward_equals_the_reference(
     expected = reference(nn.conv2d_backward, gy, x, wt, 1, padding)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(numba_conv, "WINOGRAD_MIN_PRODUCT", 0)
-        if small_bands:
-            patch.setattr(numba_conv, "WINOGRAD_BAND_BYTES", 1)
+        _set_bands(patch, numba_conv, bands)
         fast_w = kernels.kernel("conv2d_weight_grad", "numba")
         assert fast_w(gy, x, wt.shape, (1, 1), padding, (1, 1), 1) is not None
         with use_backend("numba"):

@@ -108,9 +108,16 @@ def col2im(cols, out, kernel_size, stride, dilation, rows):
 #
 # A band of tile rows is transformed, multiplied and written back at a time, so V and
 # M together stay under WINOGRAD_BAND_BYTES whatever the image size; the two buffers are
-# reused from band to band.
+# reused from band to band. A band also holds at most WINOGRAD_BAND_TILES tiles: with
+# few channels the byte budget alone let a band take a whole batch of small maps, whose
+# V and M then went out to memory between the transform and the product. Measured on
+# the AVX-512 VM (benchmarks/RESULTS.md, 2026-12-07; 2 threads, forward / weight
+# gradient): the shapes mask head's 128 RoIs, 64 channels at 14 x 14, 16.5 / 23.2 ->
+# 13.5 / 18.1 ms; ResNet-50's 64-channel 200 x 304, 31.0 / 38.4 -> 27.1 / 37.4 ms; with
+# 128 channels or more the byte budget is the smaller one, as before.
 
 WINOGRAD_BAND_BYTES = 64 * 2**20
+WINOGRAD_BAND_TILES = 4096
 
 # Below this size of the product (N * H * W * C * O, about a ninth of its multiply-adds)
 # the transforms cost more than the multiplies they save, and im2col's one GEMM in BLAS
@@ -243,7 +250,7 @@ def _tile_bands(n, c, o, ho, wo, dtype):
     th, tw = (ho + 1) // 2, (wo + 1) // 2
     per_row = 16 * (c + o) * tw * np.dtype(dtype).itemsize
     rows = n * th
-    band = max(1, min(rows, WINOGRAD_BAND_BYTES // per_row))
+    band = max(1, min(rows, WINOGRAD_BAND_BYTES // per_row, -(-WINOGRAD_BAND_TILES // tw)))
     v_buf = np.empty(16 * c * band * tw, dtype)
     m_buf = np.empty(16 * o * band * tw, dtype)
     for g0 in range(0, rows, band):
