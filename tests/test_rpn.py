@@ -1,3 +1,5 @@
+import pickle
+
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
@@ -188,6 +190,8 @@ def test_the_rpn_keeps_its_anchors_only_while_generator_and_sizes_stay_the_same(
     )
     doubles = [m.astype(np.float64) for m in maps]
     assert rpn._anchors((64, 64), doubles)[0].dtype == np.float64
+    copy = pickle.loads(pickle.dumps(rpn))  # as a Ray worker gets the model
+    assert not copy._anchors((64, 64), doubles)[0].flags.writeable  # the key it kept
     rpn.anchor_generator = AnchorGenerator(((4,), (8,), (16,), (32,), (64,)), ((1.0,),) * 5)
     np.testing.assert_array_equal(
         rpn._anchors((64, 64), maps)[0], fresh(rpn.anchor_generator, (64, 64), maps)

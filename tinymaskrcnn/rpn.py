@@ -278,7 +278,9 @@ class RegionProposalNetwork(nn.Module):
             tuple(feature_sizes),
             np.dtype(features[0].dtype),
         )
-        if self._anchor_cache is None or self._anchor_cache[0] != key:
+        kept = self._anchor_cache
+        # A writeable copy is one unpickled (a Ray worker's model): made again, read-only.
+        if kept is None or kept[0] != key or kept[1].flags.writeable:
             per_level = self.anchor_generator.generate(padded_size, feature_sizes)
             anchors = np.concatenate(per_level).astype(features[0].dtype)
             anchors.flags.writeable = False
