@@ -405,3 +405,64 @@ def test_numba_relu_gives_np_maximums_bytes_and_leaves_its_input(dtype):
     with use_backend("numba"):
         np.testing.assert_array_equal(nn.ReLU().eval()(x[:, ::2]), np.maximum(x[:, ::2], 0))
     assert kernels.kernel("relu", "numba")(x[:, ::2]) is None
+
+
+# (kernel, stride, padding): ResNet's stem, the FPN's P6, and windows that overlap.
+POOLS = [((3, 3), (2, 2), (1, 1)), ((1, 1), (2, 2), (0, 0)), ((2, 3), (1, 2), (1, 1))]
+
+
+@given(
+    shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
+    pool=st.sampled_from(POOLS),
+    argmax=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+    specials=st.booleans(),
+)
+def test_numba_max_pool2d_equals_the_reference_bytes_and_argmax(
+    shape, pool, argmax, dtype, seed, specials
+):
+    kernel, stride, padding = pool
+    n, c, h, w = shape
+    if h + 2 * padding[0] < kernel[0] or w + 2 * padding[1] < kernel[1]:
+        return  # max_pool2d rejects it before any kernel runs
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    if specials:  # ties (the first in scan order wins), NaN, infinities
+        x[..., : w // 2 + 1, :] = np.round(x[..., : w // 2 + 1, :])
+        x.reshape(-1)[rng.integers(0, x.size, 3)] = [np.nan, np.inf, -np.inf]
+    expected = reference(nn.max_pool2d, x, kernel, stride, padding, argmax=argmax)
+    numba_threads = pytest.importorskip("tinymaskrcnn.kernels.numba_threads")
+    with use_backend("numba"), pytest.MonkeyPatch.context() as patch:
+        # Inference on maps this small is left to the reference; make the kernel run.
+        patch.setattr(numba_threads, "PARALLEL_MIN_WORK", 0)
+        got = nn.max_pool2d(x, kernel, stride, padding, argmax=argmax)
+    if argmax:
+        assert got[1].dtype == np.int64
+        np.testing.assert_array_equal(got[1], expected[1])
+        got, expected = got[0], expected[0]
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)  # NaN-aware, and -0.0 == 0.0
+    if argmax or not specials:
+        # The bytes, too. Not for inference with rounded ties: which of -0.0 and 0.0
+        # np.maximum returns is up to its SIMD loop, the reference's rule stops at "equal".
+        finite = ~np.isnan(expected)
+        assert got[finite].tobytes() == expected[finite].tobytes()
+
+
+def test_numba_max_pool2d_takes_the_layer_in_training_and_inference():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 9, 7)).astype(np.float32)
+    grad = rng.standard_normal((2, 4, 5, 4)).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "numba"):
+        with use_backend(backend):
+            pool = nn.MaxPool2d(3, 2, 1)
+            results[backend] = (pool.eval()(x), pool.train()(x), pool.backward(grad))
+    for got, expected in zip(results["numba"], results["numpy"], strict=True):
+        np.testing.assert_array_equal(got, expected)
+    pool = kernels.kernel("max_pool2d", "numba")
+    geometry = ((3, 3), (2, 2), (1, 1), (5, 4))
+    assert pool(x, *geometry, False) is None  # small inference: the reference is faster
+    assert pool(x, *geometry, True) is not None
+    assert pool(x.astype(np.int32), *geometry, True) is None

@@ -80,7 +80,7 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "cuda": "cuda_layers.bias_add_relu_",
     },
     "relu": {"numba": "numba_layers.relu", "cuda": "cuda_layers.relu"},
-    "max_pool2d": {"cuda": "cuda_layers.max_pool2d"},
+    "max_pool2d": {"numba": "numba_layers.max_pool2d", "cuda": "cuda_layers.max_pool2d"},
     # fpn.py
     "add_top_down": {"cuda": "cuda_layers.add_top_down"},
 }
