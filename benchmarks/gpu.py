@@ -41,6 +41,11 @@ from ops import random_boxes  # noqa: E402
 from roi_ops import make_problem  # noqa: E402
 from timing import median_time  # noqa: E402
 
+# Seconds of warm-up calls per contender (timing.py): shorter than the CPU scripts' second,
+# because the GPU session has 15 minutes for everything (gpu_session.sh gives this script
+# BENCH_LIMIT seconds) and some 30 contenders; still several calls each.
+WARM_UP = 0.3
+
 
 def problems(size, rng):
     """name -> (our function, torchvision function on device tensors, inputs, which of the
@@ -183,7 +188,7 @@ def main(argv=None):
             sync()
             return out
 
-        return median_time(run, repeats)[0]
+        return median_time(run, repeats, WARM_UP)[0]
 
     def timed_on_device(fn, inputs, resident):
         """Our time with the inputs ``resident`` already on the device (None if none)."""
@@ -197,7 +202,7 @@ def main(argv=None):
                 cuda.synchronize()
                 return out
 
-            return median_time(run, args.repeats)[0]
+            return median_time(run, args.repeats, WARM_UP)[0]
 
     rows = []
     torch.backends.cudnn.benchmark = True

@@ -35,9 +35,10 @@ def warm_up(fn, seconds: float = WARM_UP_SECONDS) -> None:
             return
 
 
-def median_time(fn, repeats: int) -> tuple[float, float]:
-    """(median, best) wall-clock seconds of ``repeats`` calls of ``fn`` after a warm-up."""
-    warm_up(fn)
+def median_time(fn, repeats: int, seconds: float = WARM_UP_SECONDS) -> tuple[float, float]:
+    """(median, best) wall-clock seconds of ``repeats`` calls of ``fn`` after a warm-up
+    of ``seconds`` (``warm_up``)."""
+    warm_up(fn, seconds)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
