@@ -466,3 +466,46 @@ def test_numba_max_pool2d_takes_the_layer_in_training_and_inference():
     assert pool(x, *geometry, False) is None  # small inference: the reference is faster
     assert pool(x, *geometry, True) is not None
     assert pool(x.astype(np.int32), *geometry, True) is None
+
+
+@given(
+    shape=st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)),
+    out_channels=st.integers(1, 4),
+    kernel=st.sampled_from([(2, 2), (1, 1), (3, 2)]),
+    bias=st.booleans(),
+    dtype=DTYPES,
+    seed=st.integers(0, 2**16),
+)
+def test_numba_transposed_convolution_of_disjoint_blocks_equals_the_reference(
+    shape, out_channels, kernel, bias, dtype, seed
+):
+    # Stride = kernel (the mask head's 2 x 2 / 2): every output is one column of the
+    # reference's product, placed once; the same product, so the same values.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((shape[1], out_channels, *kernel)).astype(dtype)
+    b = rng.standard_normal(out_channels).astype(dtype) if bias else None
+    expected = reference(nn.conv_transpose2d, x, w, b, kernel)
+    with use_backend("numba"):
+        got = nn.conv_transpose2d(x, w, b, kernel)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+
+
+def test_the_numba_transposed_convolution_leaves_overlapping_blocks_to_the_reference():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    kernel = kernels.kernel("conv_transpose2d", "numba")
+    for stride, padding, out_hw, groups in (
+        ((2, 2), (0, 0), (9, 11), 1),  # windows of 3 every 2: blocks overlap
+        ((3, 3), (1, 1), (10, 13), 1),  # padding crops the blocks
+        ((3, 3), (0, 0), (13, 16), 1),  # output_padding: a row and column of bias alone
+    ):
+        assert kernel(x, w, None, stride, padding, out_hw, (1, 1), groups) is None
+    assert kernel(x, w, None, (3, 3), (0, 0), (12, 15), (1, 1), 1) is not None
+    with use_backend("numba"):  # the layer still gives the reference's numbers
+        got = nn.conv_transpose2d(x, w, None, 2, 1, 1)
+    np.testing.assert_allclose(got, reference(nn.conv_transpose2d, x, w, None, 2, 1, 1),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip

@@ -72,7 +72,10 @@ _REGISTRY: dict[str, dict[str, str]] = {
     "conv2d_backward": {"cuda": "cuda_conv.conv2d_backward"},
     "conv2d_weight_grad": {"numba": "numba_conv.conv2d_weight_grad"},
     # nn/conv_transpose.py and nn/layers.py Linear; the CUDA kernels take device arrays only
-    "conv_transpose2d": {"cuda": "cuda_conv.conv_transpose2d"},
+    "conv_transpose2d": {
+        "numba": "numba_conv.conv_transpose2d",
+        "cuda": "cuda_conv.conv_transpose2d",
+    },
     "linear": {"cuda": "cuda_conv.linear"},
     # nn/layers.py; the CUDA kernels take device arrays only (cuda_layers.py)
     "bias_add_relu_": {

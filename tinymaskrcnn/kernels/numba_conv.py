@@ -381,3 +381,57 @@ def conv2d_weight_grad(grad_out, x, weight_shape, stride, padding, dilation, gro
     gw = np.empty((o, c, 3, 3), x.dtype)
     _winograd_filter_grad(du.astype(np.float64), gw)
     return gw
+
+
+# --- the transposed convolution whose kernel equals its stride (the mask head's 2 x 2 / 2) -
+#
+# With stride = kernel, no padding and no dilation, input cell (i, j) alone makes the
+# kh x kw block of outputs at (i kh .. i kh + kh - 1, j kw .. j kw + kw - 1): the
+# reference's columns (w^T @ x, nn/conv.py ``_input_grad``) hold every output once, and
+# col2im adds each into a map of zeros. Here the same product's columns are written to
+# their places with the bias added, in one pass: no zeroed map, no second pass for the
+# bias, and the same values (0 + col, then + bias).
+
+
+@njit(parallel=True, cache=True)
+def _place_blocks(cols, bias, kh, kw, w_in, y):
+    # cols (N, O * kh * kw, H * W) -> y (N, O, H * kh, W * kw); one (image, channel) plane
+    # per task
+    n, o, ho, wo = y.shape
+    h_in = ho // kh
+    for task in prange(n * o):
+        img, ch = task // o, task % o
+        b = bias[ch]
+        for a in range(kh):
+            for c in range(kw):
+                row = cols[img, (ch * kh + a) * kw + c]
+                for i in range(h_in):
+                    for j in range(w_in):
+                        y[img, ch, i * kh + a, j * kw + c] = row[i * w_in + j] + b
+
+
+def conv_transpose2d(x, weight, bias, stride, padding, out_hw, dilation, groups):
+    """Same contract as the CUDA ``conv_transpose2d`` for a host ``x`` (N, C, H, W) whose
+    blocks do not overlap (stride = kernel, no padding, dilation or groups, out_hw =
+    (H kh, W kw)); None for any other, which the reference runs."""
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        return None
+    n, c, h, w = x.shape
+    _, o, kh, kw = weight.shape
+    if (
+        tuple(stride) != (kh, kw)
+        or tuple(padding) != (0, 0)
+        or tuple(dilation) != (1, 1)
+        or groups != 1
+        or tuple(out_hw) != (h * kh, w * kw)
+        or n == 0
+    ):
+        return None
+    # The reference's product, shaped as there: (O kh kw, C) @ (C, H W) per image.
+    wt = np.asarray(weight, dtype=x.dtype).reshape(1, c, o * kh * kw).transpose(0, 2, 1)
+    cols = np.matmul(wt, x.reshape(n, 1, c, h * w)).reshape(n, o * kh * kw, h * w)
+    b = np.zeros(o, x.dtype) if bias is None else np.asarray(bias, dtype=x.dtype).reshape(o)
+    y = np.empty((n, o, h * kh, w * kw), x.dtype)
+    with threads_for(y.size):
+        _place_blocks(np.ascontiguousarray(cols), b, kh, kw, w, y)
+    return y

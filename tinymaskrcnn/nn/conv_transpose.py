@@ -10,8 +10,10 @@ with x in the place of the output gradient. So its forward is nn/conv.py's
 ``_input_grad`` (columns w^T @ x, then col2im onto the Ho x Wo grid), its input
 gradient is a plain convolution of grad_out (``_forward``) and its weight gradient is
 ``_weight_grad`` with input and gradient swapped. The mask head's 2x upsampler is the one
-user. No kernel of its own: it picks up the numba im2col and col2im through those
-products.
+user. Its backward picks up the numba im2col and col2im through those products; its
+forward has a numba kernel for blocks that do not overlap (stride = kernel, as the mask
+head's 2 x 2 / 2), which writes the same product's columns in place with the bias
+instead of adding them into zeros (kernels/numba_conv.py).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def conv_transpose2d(
     fast = kernels.implementation("conv_transpose2d")
     if fast is not None:
         y = fast(x, weight, bias, stride, padding, (ho, wo), dilation, groups)
-        if y is not None:  # None: x is on the host, where the reference runs
+        if y is not None:  # None: no kernel for this x (see the kernels), the reference runs
             return y
     weight = np.asarray(weight, dtype=x.dtype)
     if n == 0:
