@@ -26,13 +26,12 @@ WARM_UP_SECONDS = 1.0
 
 
 def warm_up(fn, seconds: float = WARM_UP_SECONDS) -> None:
-    """Call ``fn`` once, then again (at least once) until ``seconds`` have passed."""
+    """Call ``fn`` once (compilation, caches), then again until ``seconds`` have passed
+    since that call: with seconds > 0 at least once more, with 0 not at all."""
     fn()
     start = time.perf_counter()
-    while True:
+    while time.perf_counter() - start < seconds:
         fn()
-        if time.perf_counter() - start >= seconds:
-            return
 
 
 def median_time(fn, repeats: int, seconds: float = WARM_UP_SECONDS) -> tuple[float, float]:
@@ -52,7 +51,7 @@ def timed_interleaved(functions: dict, repeat: int, seconds: float = WARM_UP_SEC
 
     Interleaving gives every contender the same share of whatever else the machine is
     doing (the 2-core machines are shared), instead of one of them a quiet minute.
-    ``seconds=0`` warms up with two calls only (for the slow NumPy references).
+    ``seconds=0`` warms up with the one call alone (for the slow NumPy references).
     """
     for function in functions.values():
         warm_up(function, seconds)
