@@ -44,3 +44,25 @@ def test_flipping_twice_gives_back_the_original(seed):
 
 
 # --- batching ----------------------------------------------------------------------
+
+
+def test_an_epoch_is_drawn_once_and_kept_read_only():
+    from tinymaskrcnn.data.batching import _epoch, examples_at
+
+    dataset = ShapesDataset(10, image_size=40, seed=2)
+    _epoch.cache_clear()
+    first = examples_at(dataset, [12, 13, 19, 20], seed=5)  # epochs 1 and 2
+    order, flips = _epoch(5, 1, 10)
+    assert not order.flags.writeable and not flips.flags.writeable
+    rng = np.random.default_rng([5, 1])
+    np.testing.assert_array_equal(order, rng.permutation(10))
+    np.testing.assert_array_equal(flips, rng.random(10) < 0.5)
+    # Drawn again after other seeds and epochs were kept: the same images.
+    examples_at(dataset, [0, 35, 41], seed=6)
+    again = examples_at(dataset, [12, 13, 19, 20], seed=5)
+    for a, b in zip(
+        first[0] + [t["masks"] for t in first[1]],
+        again[0] + [t["masks"] for t in again[1]],
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)

@@ -12,6 +12,7 @@ from tinymaskrcnn.data.shapes import (
     OVERLAP_IOU,
     Shape,
     ShapesDataset,
+    _corners,
     _iou,
     _outline_box,
     masks_to_boxes,
@@ -60,6 +61,57 @@ def test_a_triangle_rotated_by_a_half_turn_points_down():
     up = rasterise(Shape(3, (16.0, 16.0), 10.0, 0.0, GREY), (32, 32))
     down = rasterise(Shape(3, (16.0, 16.0), 10.0, np.pi, GREY), (32, 32))
     np.testing.assert_array_equal(down, up[::-1])
+
+
+def _inside_anywhere(shape, image_size):
+    """The definition, tested on every pixel of the grid: centre inside the outline."""
+    ys, xs = np.mgrid[0 : image_size[0], 0 : image_size[1]] + 0.5
+    cx, cy = shape.centre
+    if shape.label == 2:
+        return (xs - cx) ** 2 + (ys - cy) ** 2 <= shape.half_size**2
+    corners = _corners(shape)
+    inside = np.ones(image_size, bool)
+    for (x0, y0), (x1, y1) in zip(corners, np.roll(corners, -1, axis=0), strict=True):
+        inside &= (x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0) <= 0
+    return inside
+
+
+@given(
+    label=st.sampled_from([1, 2, 3]),
+    cx=st.floats(-40, 80),
+    cy=st.floats(-40, 80),
+    half_size=st.floats(0.01, 60),
+    angle=st.floats(0, 2 * np.pi),
+    size=st.tuples(st.integers(1, 48), st.integers(1, 48)),
+)
+def test_rasterising_near_the_outline_gives_the_pixels_of_the_whole_grid(
+    label, cx, cy, half_size, angle, size
+):
+    # rasterise tests only the window around the outline's box; shapes partly or wholly
+    # outside the image, tiny ones and ones larger than the image included.
+    shape = Shape(label, (cx, cy), half_size, angle if label != 2 else 0.0, GREY)
+    np.testing.assert_array_equal(rasterise(shape, size), _inside_anywhere(shape, size))
+
+
+@pytest.mark.parametrize("label", [1, 2, 3])
+@pytest.mark.parametrize(
+    "centre, half_size, angle",
+    [
+        ((np.inf, 5.0), 3.0, 0.0),
+        ((5.0, np.nan), 3.0, 0.0),
+        ((5.0, 5.0), np.inf, 0.0),
+        ((5.0, 5.0), np.nan, 0.0),
+        ((5.0, 5.0), 3.0, np.nan),
+        ((-np.inf, np.inf), 1e150, 0.0),
+        ((5.0, 5.0), 1e150, 1.0),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_shape_with_infinite_or_nan_numbers_gives_the_pixels_of_the_whole_grid(
+    label, centre, half_size, angle
+):
+    shape = Shape(label, centre, half_size, angle, GREY)
+    np.testing.assert_array_equal(rasterise(shape, (9, 11)), _inside_anywhere(shape, (9, 11)))
 
 
 def test_masks_to_boxes_gives_one_past_the_last_pixel():

@@ -14,6 +14,8 @@ as in torchvision, so that boxes stay in each image's own pixels until then.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -46,16 +48,27 @@ def examples_at(dataset, positions, seed, hflip=True):
     """
     n = len(dataset)
     images, targets = [], []
-    epochs = {}
     for position in positions:
         epoch, k = divmod(position, n)
-        if epoch not in epochs:
-            rng = np.random.default_rng([seed, epoch])
-            epochs[epoch] = (rng.permutation(n), rng.random(n) < 0.5)
-        order, flips = epochs[epoch]
+        order, flips = _epoch(int(seed), epoch, n)
         image, target = dataset[int(order[k])]
         if hflip and flips[k]:
             image, target = flip_horizontal(image, target)
         images.append(image)
         targets.append(target)
     return images, targets
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch(seed: int, epoch: int, n: int):
+    """(order (n,) int64, flips (n,) bool) of epoch ``epoch``, read-only.
+
+    Kept for the next calls: a run's steps draw from one epoch (two at its end) for
+    thousands of steps, and drawing 100 000 positions and coins took longer than
+    rendering the batch's images.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order, flips = rng.permutation(n), rng.random(n) < 0.5
+    order.flags.writeable = False
+    flips.flags.writeable = False
+    return order, flips

@@ -107,8 +107,8 @@ class ShapesDataset:
         return self.num_images
 
     def __getitem__(self, i):
-        background, shapes = self.describe(i)
-        return render(background, shapes, self.image_size)
+        background, shapes, full = self._recipe(i)
+        return _draw(background, shapes, full)
 
     def describe(self, i):
         """The drawing recipe of image ``i``: ``(background (3,) float, [Shape, ...])``.
@@ -116,6 +116,12 @@ class ShapesDataset:
         Only the shapes that survive the overlap and visibility rules, bottom first, so
         ``render(*ds.describe(i), ds.image_size)`` equals ``ds[i]``.
         """
+        background, shapes, _ = self._recipe(i)
+        return background, shapes
+
+    def _recipe(self, i):
+        """``describe``'s pair and the kept shapes' whole (G, H, W) bool masks, which
+        ``__getitem__`` draws with instead of rasterising them a second time."""
         i = self._check_index(i)
         rng = np.random.default_rng([self.seed, i])
         height, width = self.image_size
@@ -147,7 +153,7 @@ class ShapesDataset:
         full = np.stack([rasterise(s, self.image_size) for s in shapes])
         visible = _visible_masks(full)
         kept = visible.sum(axis=(1, 2)) >= MIN_VISIBLE_FRACTION * full.sum(axis=(1, 2))
-        return background, [s for s, k in zip(shapes, kept, strict=True) if k]
+        return background, [s for s, k in zip(shapes, kept, strict=True) if k], full[kept]
 
     def _check_index(self, i):
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
@@ -166,13 +172,17 @@ def render(background, shapes, image_size):
     Returns (image (3, H, W) float32, target) as documented on ShapesDataset; the
     shapes' masks are occlusion-aware, boxes are tight around the visible pixels.
     """
-    height, width = image_size
-    full = np.stack([rasterise(s, image_size) for s in shapes])
+    return _draw(background, shapes, np.stack([rasterise(s, image_size) for s in shapes]))
+
+
+def _draw(background, shapes, full):
+    """``render`` with the shapes' whole masks ``full`` (G, H, W) bool already rasterised."""
+    _, height, width = full.shape
     masks = _visible_masks(full)
     image = np.empty((3, height, width), np.float32)
     image[:] = np.asarray(background, np.float32)[:, None, None]
     for shape, mask in zip(shapes, masks, strict=True):
-        image[:, mask] = np.asarray(shape.colour, np.float32)[:, None]
+        np.copyto(image, np.asarray(shape.colour, np.float32)[:, None, None], where=mask)
     target = {
         "boxes": masks_to_boxes(masks),
         "labels": np.array([s.label for s in shapes], np.int64),
@@ -184,19 +194,38 @@ def render(background, shapes, image_size):
 def rasterise(shape, image_size):
     """(H, W) bool: the pixels whose centre lies inside ``shape`` (no antialiasing)."""
     height, width = image_size
-    ys, xs = np.mgrid[0:height, 0:width]
-    xs = xs + 0.5
-    ys = ys + 0.5
+    mask = np.zeros((height, width), bool)
+    # Only pixels near the outline's box can be inside, so the tests below run on that
+    # window alone (a 2-pixel margin: outside it every pixel centre is over a pixel
+    # away, far beyond rounding). Each pixel gets the same arithmetic on the same
+    # centre as over the whole grid, hence the same answer.
+    left, top, right, bottom = _outline_box(shape)
+    c0, c1 = _window(left, right, width)
+    r0, r1 = _window(top, bottom, height)
+    if c0 >= c1 or r0 >= r1:
+        return mask
+    xs = np.arange(c0, c1)[None, :] + 0.5
+    ys = np.arange(r0, r1)[:, None] + 0.5
     cx, cy = shape.centre
     if shape.label == 2:
-        return (xs - cx) ** 2 + (ys - cy) ** 2 <= shape.half_size**2
-    inside = np.ones((height, width), bool)
+        mask[r0:r1, c0:c1] = (xs - cx) ** 2 + (ys - cy) ** 2 <= shape.half_size**2
+        return mask
+    inside = mask[r0:r1, c0:c1]
+    inside[:] = True
     corners = _corners(shape)
     # A convex polygon with counter-clockwise corners (on screen, y down): a point is
     # inside when it lies left of every edge.
     for (x0, y0), (x1, y1) in zip(corners, np.roll(corners, -1, axis=0), strict=True):
         inside &= (x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0) <= 0
-    return inside
+    return mask
+
+
+def _window(low, high, size):
+    """[start, stop) of the pixels, of ``size``, whose centres lie within 2 px of
+    [low, high]; all of them when the outline is NaN (then the tests decide alone)."""
+    if not low <= high:
+        return 0, size
+    return int(np.clip(np.floor(low) - 2, 0, size)), int(np.clip(np.ceil(high) + 2, 0, size))
 
 
 def masks_to_boxes(masks):
@@ -256,9 +285,12 @@ def _iou(box, boxes):
 
 def _visible_masks(full):
     """(G, H, W) bool: each shape's pixels not covered by a later (higher) shape."""
-    covered_above = np.zeros_like(full)
-    covered_above[:-1] = np.logical_or.accumulate(full[::-1], axis=0)[::-1][1:]
-    return full & ~covered_above
+    visible = np.empty_like(full)
+    covered = np.zeros(full.shape[1:], bool)  # by the shapes above the current one
+    for g in range(len(full) - 1, -1, -1):
+        np.logical_and(full[g], ~covered, out=visible[g])
+        covered |= full[g]
+    return visible
 
 
 def _random_colour(rng, avoid, min_distance, tries=64):
