@@ -44,6 +44,22 @@ def test_small_work_runs_on_one_thread_and_the_count_comes_back():
     assert numba.get_num_threads() == threads
 
 
+def test_a_thread_already_serial_stays_serial_without_switching(monkeypatch):
+    threads = numba.get_num_threads()
+    calls = []
+    monkeypatch.setattr(numba_threads.numba, "set_num_threads", calls.append)
+    monkeypatch.setattr(numba_threads.numba, "get_num_threads", lambda: 1)
+    with numba_threads.threads_for(10):
+        pass
+    assert calls == []  # one thread already: nothing to switch, nothing to restore
+    monkeypatch.setattr(numba_threads.numba, "get_num_threads", lambda: 2)
+    with numba_threads.threads_for(10):
+        pass
+    assert calls == [1, 2]
+    monkeypatch.undo()
+    assert numba.get_num_threads() == threads
+
+
 @pytest.fixture(params=["one thread", "all threads"])
 def threads_path(request, monkeypatch):
     """Force every numba kernel onto one thread, or onto all, whatever its size."""

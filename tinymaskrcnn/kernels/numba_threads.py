@@ -36,6 +36,9 @@ def threads_for(work: int):
         yield
         return
     threads = numba.get_num_threads()
+    if threads == 1:  # already serial, as the shapes recipe trains: two set calls saved
+        yield
+        return
     numba.set_num_threads(1)
     try:
         yield
