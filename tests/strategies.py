@@ -1,4 +1,5 @@
-"""Hypothesis strategies for boxes and RoI problems, shared by the tests that need them.
+"""Hypothesis strategies for boxes and RoI problems, and the max-pooling geometries the
+numba and CUDA kernel tests both run, shared by the tests that need them.
 
 ``boxes()`` draws (N, 4) x1 y1 x2 y2 arrays that mix ordinary boxes with the cases that
 break careless code: zero width or height, points, duplicates, boxes sharing an edge,
@@ -13,6 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 COORD_MAX = 256.0
+
+# (kernel, stride, padding) of max pooling: ResNet's stem (3x3/2 pad 1), the FPN's extra
+# level (1x1/2, torchvision's LastLevelMaxPool), and an uneven one.
+POOLS = [((3, 3), (2, 2), (1, 1)), ((1, 1), (2, 2), (0, 0)), ((2, 3), (1, 2), (1, 1))]
 
 
 @st.composite

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import cuda
+from strategies import POOLS
 
 from tinymaskrcnn import kernels, nn
 from tinymaskrcnn.fpn import resnet_fpn_backbone
@@ -408,9 +409,6 @@ def test_numba_relu_gives_np_maximums_bytes_and_leaves_its_input(dtype):
 
 
 # (kernel, stride, padding): ResNet's stem, the FPN's P6, and windows that overlap.
-POOLS = [((3, 3), (2, 2), (1, 1)), ((1, 1), (2, 2), (0, 0)), ((2, 3), (1, 2), (1, 1))]
-
-
 @given(
     shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
     pool=st.sampled_from(POOLS),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import POOLS
 
 from tinymaskrcnn import kernels, nn
 from tinymaskrcnn.fpn import add_top_down
@@ -70,9 +71,6 @@ def test_relu_on_the_device_equals_the_reference_and_leaves_its_input(dtype):
 
 
 # (kernel, stride, padding): ResNet's stem, the FPN's P6, and windows that overlap.
-POOLS = [((3, 3), (2, 2), (1, 1)), ((1, 1), (2, 2), (0, 0)), ((2, 3), (1, 2), (1, 1))]
-
-
 @pytest.mark.parametrize("kernel, stride, padding", POOLS)
 @pytest.mark.parametrize("argmax", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
