@@ -15,7 +15,7 @@ from strategies import POOLS
 
 from tinymaskrcnn import kernels, nn
 from tinymaskrcnn.fpn import resnet_fpn_backbone
-from tinymaskrcnn.kernels import use_backend
+from tinymaskrcnn.kernels import numba_layers, use_backend
 from tinymaskrcnn.nn import conv as conv_mod
 
 DTYPES = st.sampled_from([np.float32, np.float64])
@@ -408,7 +408,70 @@ def test_numba_relu_gives_np_maximums_bytes_and_leaves_its_input(dtype):
     assert kernels.kernel("relu", "numba")(x[:, ::2]) is None
 
 
-# (kernel, stride, padding): ResNet's stem, the FPN's P6, and windows that overlap.
+@given(
+    shape=st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(1, 9)),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    grad_dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**16),
+)
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0, as the reference
+def test_numba_training_relu_gives_the_references_bytes(shape, dtype, grad_dtype, seed):
+    # Small arrays, which the kernels leave to the reference unless told otherwise.
+    limit = numba_layers.RELU_MIN_WORK
+    numba_layers.RELU_MIN_WORK = 0
+    try:
+        _check_training_relu(shape, dtype, grad_dtype, seed)
+    finally:
+        numba_layers.RELU_MIN_WORK = limit
+
+
+def _check_training_relu(shape, dtype, grad_dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    grad = rng.standard_normal(shape).astype(grad_dtype)
+    specials = np.array([-2.0, -0.0, 0.0, 1e-30, np.nan, -np.inf, np.inf], dtype)
+    x.reshape(-1)[: specials.size] = specials[: x.size]
+    every_third = grad.reshape(-1)[::3]
+    every_third[:] = np.resize(
+        np.array([np.inf, -np.inf, np.nan, -0.0], grad_dtype), every_third.size
+    )
+    before = x.copy()
+    y, mask = kernels.kernel("relu_with_mask", "numba")(x)
+    assert mask.dtype == np.bool_ and np.array_equal(mask, x > 0)
+    assert y.dtype == (x * (x > 0)).dtype and y.tobytes() == (x * (x > 0)).tobytes()
+    assert x.tobytes() == before.tobytes()
+    got = kernels.kernel("relu_backward", "numba")(grad, mask)
+    assert got.dtype == (grad * mask).dtype and got.tobytes() == (grad * mask).tobytes()
+
+
+def test_a_training_relu_layer_takes_the_kernels_and_leaves_odd_inputs_to_the_reference():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 16, 64, 64)).astype(np.float32)  # RELU_MIN_WORK and up
+    grad = rng.standard_normal(x.shape).astype(np.float32)
+    results = {}
+    for backend in ("numpy", "numba"):
+        for name, (xs, gs) in {
+            "contiguous": (x, grad),
+            "strided": (x[..., ::2], grad[..., ::2]),
+        }.items():
+            layer = nn.ReLU().train()
+            with use_backend(backend):
+                y = layer(xs)
+                gx = layer.backward(gs)
+            results[backend, name] = (y.tobytes(), gx.tobytes())
+    for name in ("contiguous", "strided"):
+        assert results["numba", name] == results["numpy", name]
+    with_mask, backward = (kernels.kernel(k, "numba") for k in ("relu_with_mask", "relu_backward"))
+    assert with_mask(x[..., ::2]) is None and with_mask(x.astype(np.float16)) is None
+    mask = x > 0
+    assert backward(grad[..., ::2], mask[..., ::2]) is None
+    assert backward(grad, mask.astype(np.float32)) is None
+    assert backward(grad[:1], mask) is None
+    small = x[:1, :8].copy()  # below RELU_MIN_WORK the reference's passes are faster
+    assert with_mask(small) is None and backward(small, small > 0) is None
+    assert with_mask(x) is not None and backward(grad, mask) is not None
+
+
 @given(
     shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9)),
     pool=st.sampled_from(POOLS),

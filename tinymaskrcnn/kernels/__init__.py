@@ -83,6 +83,8 @@ _REGISTRY: dict[str, dict[str, str]] = {
         "cuda": "cuda_layers.bias_add_relu_",
     },
     "relu": {"numba": "numba_layers.relu", "cuda": "cuda_layers.relu"},
+    "relu_with_mask": {"numba": "numba_layers.relu_with_mask"},
+    "relu_backward": {"numba": "numba_layers.relu_backward"},
     "max_pool2d": {"numba": "numba_layers.max_pool2d", "cuda": "cuda_layers.max_pool2d"},
     # fpn.py
     "add_top_down": {"cuda": "cuda_layers.add_top_down"},

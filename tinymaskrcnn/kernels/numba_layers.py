@@ -5,6 +5,10 @@
 or three single-threaded passes over the feature map; this does it in one pass, one
 (image, channel) plane per parallel iteration. ``relu`` is nn.ReLU in inference (the RPN
 and mask heads' ReLUs): ``np.maximum(x, 0)`` on all threads, with its exact results.
+In training ``relu_with_mask`` writes the output and the mask backward needs in one
+pass (the reference compares, then multiplies), and ``relu_backward`` multiplies by the
+mask without NumPy's bool-to-float cast: the reference's bytes, 2-3x faster on the mask
+head's (K, 64, 28, 28).
 ``max_pool2d`` is ResNet's stem pooling (and the FPN's P6): the reference builds the
 padded map and passes over it once per window tap (nine times, with two ``np.where``
 each for the argmax), this reads each window once, a plane per parallel iteration
@@ -19,6 +23,13 @@ from numba import njit, prange
 
 from . import numba_threads
 from .numba_threads import threads_for
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Below this many elements the training ReLU's NumPy passes beat a kernel call (about
+# 20 us even on one thread): on a shapes training step, (4, 32, 16, 16) took 0.025 ms
+# by the reference and 0.042 ms by the kernel; (4, 64, 32, 32) 0.21 and 0.15 ms.
+RELU_MIN_WORK = 1 << 17
 
 
 @njit(parallel=True, cache=True)
@@ -51,6 +62,58 @@ def bias_add_relu_(y, bias, residual=None, relu=True):
             r = np.ascontiguousarray(residual, dtype=y.dtype).reshape(n * c, h * w)
             _bias_add_relu(flat, b, r, True, relu)
     return y
+
+
+@njit(parallel=True, cache=True)
+def _relu_with_mask(x, y, mask):
+    for i in prange(x.size):
+        v = x[i]
+        keep = v > 0
+        mask[i] = keep
+        # x * (x > 0): v where v > 0, else v * 0 (-0.0 for negatives, NaN for NaN).
+        y[i] = v if keep else v * 0
+
+
+def relu_with_mask(x):
+    """Same contract as ``tinymaskrcnn.nn.layers.ReLU.forward`` in training: new arrays
+    (y = x * (x > 0), mask = x > 0), one pass instead of two. None for anything but a
+    contiguous float32 or float64 array of at least RELU_MIN_WORK elements (the
+    reference runs)."""
+    if not isinstance(x, np.ndarray) or x.dtype not in _FLOATS or not x.flags.c_contiguous:
+        return None
+    if x.size < RELU_MIN_WORK:
+        return None
+    y, mask = np.empty_like(x), np.empty(x.shape, bool)
+    with threads_for(x.size):
+        _relu_with_mask(x.reshape(-1), y.reshape(-1), mask.reshape(-1))
+    return y, mask
+
+
+@njit(parallel=True, cache=True)
+def _relu_backward(grad, mask, out):
+    for i in prange(grad.size):
+        g = grad[i]
+        out[i] = g if mask[i] else g * 0  # grad * mask, signed zeros and NaN included
+
+
+def relu_backward(grad_out, mask):
+    """Same contract as ``tinymaskrcnn.nn.layers.ReLU.backward``: a new array
+    grad_out * mask. None unless both are contiguous, of one shape, grad_out float32 or
+    float64 and mask bool, with at least RELU_MIN_WORK elements."""
+    arrays = isinstance(grad_out, np.ndarray) and isinstance(mask, np.ndarray)
+    if (
+        not arrays
+        or grad_out.dtype not in _FLOATS
+        or mask.dtype != np.bool_
+        or grad_out.shape != mask.shape
+        or not (grad_out.flags.c_contiguous and mask.flags.c_contiguous)
+        or grad_out.size < RELU_MIN_WORK
+    ):
+        return None
+    out = np.empty_like(grad_out)
+    with threads_for(grad_out.size):
+        _relu_backward(grad_out.reshape(-1), mask.reshape(-1), out.reshape(-1))
+    return out
 
 
 @njit(parallel=True, cache=True)

@@ -80,12 +80,20 @@ class ReLU(Module):
             fast = kernels.implementation("relu")
             y = None if fast is None else fast(x)
             return np.maximum(x, 0) if y is None else y
-        mask = x > 0
+        fast = kernels.implementation("relu_with_mask")
+        pair = None if fast is None else fast(x)
+        if pair is None:
+            mask = x > 0
+            pair = (x * mask, mask)
+        y, mask = pair
         self._save(mask)
-        return x * mask
+        return y
 
     def backward(self, grad_out):
-        return grad_out * self._pop()
+        mask = self._pop()
+        fast = kernels.implementation("relu_backward")
+        grad = None if fast is None else fast(grad_out, mask)
+        return grad_out * mask if grad is None else grad
 
 
 # --- sigmoid and softmax (one stable version each, used by every stage) ------------------
