@@ -166,6 +166,22 @@ def test_nearest_upsampling_backward_by_exactly_two_matches_central_differences(
     np.testing.assert_allclose(g, num, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_upsampling_backward_by_two_adds_each_blocks_columns_then_its_rows(dtype):
+    # Each input cell's gradient is (g00 + g01) + (g10 + g11): exactly that sum's bits,
+    # non-finite values included, and the one-hot route's values.
+    rng = np.random.default_rng(4)
+    r = rng.standard_normal((2, 3, 10, 14)).astype(dtype)
+    r.reshape(-1)[:4] = [np.inf, -0.0, -0.0, 1e-30]
+    g = nn.upsample_nearest_backward(r, (5, 7))
+    by_columns = r.reshape(2, 3, 5, 2, 7, 2).sum(axis=5)
+    expected = by_columns[:, :, :, 0] + by_columns[:, :, :, 1]
+    assert g.dtype == dtype and g.flags.c_contiguous and g.tobytes() == expected.tobytes()
+    rows = np.repeat(np.eye(5, dtype=dtype), 2, axis=0)  # (10, 5) one-hot, as the general route
+    cols = np.repeat(np.eye(7, dtype=dtype), 2, axis=0)
+    np.testing.assert_allclose(g[1], rows.T @ r[1] @ cols, rtol=1e-6, atol=1e-6)  # finite
+
+
 @pytest.mark.parametrize("in_hw,out_hw", [((5, 7), (3, 4)), ((2, 6), (5, 3)), ((1, 1), (3, 2))])
 def test_nearest_resampling_backward_to_smaller_and_mixed_sizes_matches_central_differences(
     in_hw, out_hw

@@ -240,7 +240,11 @@ def upsample_nearest_backward(grad_out, input_hw):
     n, c, ho, wo = grad_out.shape
     h, w = input_hw
     if (ho, wo) == (2 * h, 2 * w):  # exact 2x: each input cell has a 2x2 block of copies
-        return grad_out.reshape(n, c, h, 2, w, 2).sum(axis=(3, 5))
+        # The block's two columns first, then its two rows: the order of
+        # ``reshape(n, c, h, 2, w, 2).sum(axis=(3, 5))``, in four strided slices instead of
+        # a reduction over two length-2 axes (ten times slower on the FPN's maps).
+        pairs = grad_out[..., 0::2] + grad_out[..., 1::2]
+        return pairs[:, :, 0::2] + pairs[:, :, 1::2]
     # One-hot maps (Ho, H), (Wo, W): two small matrix products do the scatter-add.
     rows = np.zeros((ho, h), dtype=grad_out.dtype)
     rows[np.arange(ho), nearest_indices(h, ho)] = 1
