@@ -157,23 +157,17 @@ def main():
     trip = timed(round_trip)
     optimizer = make_optimizer(model, TrainSettings())
 
-    def update():
-        total = layout.unpack_grads(*sum_gradients([grads] * args.workers))
-        for n, p in trainable.items():
-            p.grad = total[n]
-        optimizer.step()
-        optimizer.zero_grad()
-
-    upd = timed(update)
-
-    def sgd_alone():
+    def sgd_step(grads_by_name):
         for n, p in trainable.items():
             p.grad = grads_by_name[n]
         optimizer.step()
         optimizer.zero_grad()
 
-    grads_by_name = layout.unpack_grads(*grads)
-    sgd = timed(sgd_alone)
+    # (c) the driver sums the workers' gradients, then steps; (e) a worker holding the
+    # all-reduced gradients only steps.
+    upd = timed(lambda: sgd_step(layout.unpack_grads(*sum_gradients([grads] * args.workers))))
+    one_set = layout.unpack_grads(*grads)
+    sgd = timed(lambda: sgd_step(one_set))
 
     for worker in workers:  # the cluster has a CPU for each worker: free them for the ring
         ray.kill(worker)
