@@ -62,26 +62,31 @@ def _folds(block: nn.Module) -> bool:
 def _folded(conv: nn.Conv2d, bn: nn.Module, x, relu: bool, residual=None):
     """Inference shortcut for conv -> batch norm (-> + residual) (-> ReLU).
 
-    Batch norm in inference is a fixed affine map per channel (``bn.scale_shift``), so it
-    folds into the convolution before it: weight * scale, then + shift as a bias. The
-    bias, the shortcut and the ReLU then pass over the output once, in place. Same
-    numbers as layer by layer up to float rounding (the torchvision parity tests run this
-    path); used only when nothing is kept for backward, i.e. in eval mode or under no_grad.
+    Batch norm in inference is a fixed affine map per channel (``bn.scale_shift``). On
+    host maps the convolution runs with its own weight and one fused epilogue
+    (``nn.bias_add_relu_``) applies the scale and shift, adds the shortcut and takes the
+    ReLU in a single pass over the output, in place: the frozen batch norm's own
+    arithmetic, with no per-forward copy of the weight. On device maps the scale is
+    folded into the weight instead (weight * scale, the shift as the bias), computed and
+    copied to the GPU once per value of the arrays it comes from (kernels.DeviceCopy),
+    so that a forward moves no parameters. Both give the layer-by-layer numbers up to
+    float rounding (the torchvision parity tests run this path); used only when nothing
+    is kept for backward, i.e. in eval mode or under no_grad.
     """
     dtype = np.dtype(x.dtype)
+    if not kernels.is_device_array(x):
+        scale, shift = bn.scale_shift(dtype)
+        y = nn.conv2d(x, conv.weight.data, None, conv.stride, conv.padding, conv.dilation,
+                      conv.groups)  # fmt: skip
+        return nn.bias_add_relu_(y, shift, residual, relu, scale)
 
     def fold():
         scale, shift = bn.scale_shift(dtype)
         return conv.weight.data.astype(dtype, copy=False) * scale.reshape(-1, 1, 1, 1), shift
 
-    if kernels.is_device_array(x):
-        # The maps are on the GPU, so is the folded pair: copied once per value of the
-        # arrays it is computed from (kernels.DeviceCopy), not at every forward.
-        sources = [conv.weight.data, *(p.data for p in bn.parameters())]
-        sources += [array for _, array in bn.named_buffers()]
-        weight, shift = conv.kernel_weights.get(fold, sources, ("folded", dtype))
-    else:
-        weight, shift = fold()
+    sources = [conv.weight.data, *(p.data for p in bn.parameters())]
+    sources += [array for _, array in bn.named_buffers()]
+    weight, shift = conv.kernel_weights.get(fold, sources, ("folded", dtype))
     y = nn.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
     return nn.bias_add_relu_(y, shift, residual, relu)
 

@@ -306,17 +306,24 @@ def test_cuda_conv2d_equals_the_reference_on_random_inputs(seed, k, s):
     shape=st.tuples(st.integers(1, 2), st.integers(1, 4), st.integers(1, 5), st.integers(1, 5)),
     residual=st.booleans(),
     relu=st.booleans(),
+    scaled=st.booleans(),
     dtype=DTYPES,
     seed=st.integers(0, 2**16),
 )
-def test_numba_bias_add_relu_equals_the_reference(shape, residual, relu, dtype, seed):
+def test_numba_bias_add_relu_equals_the_reference(shape, residual, relu, scaled, dtype, seed):
     rng = np.random.default_rng(seed)
     y = rng.standard_normal(shape).astype(dtype)
+    # Signed zeros, NaN and infinities among the values: the kernel keeps the reference's
+    # two roundings (y * scale, then + bias) and np.maximum's handling of each.
+    special = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-40, -3.5], dtype)
+    spots = rng.random(shape) < 0.2
+    y[spots] = rng.choice(special, int(spots.sum()))
     bias = rng.standard_normal(shape[1]).astype(dtype)
     res = rng.standard_normal(shape).astype(dtype) if residual else None
-    expected = reference(nn.bias_add_relu_, y.copy(), bias, res, relu)
-    got = kernels.kernel("bias_add_relu_", "numba")(y.copy(), bias, res, relu)
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    scale = (rng.standard_normal(shape[1]) * 3).astype(dtype) if scaled else None
+    expected = reference(nn.bias_add_relu_, y.copy(), bias, res, relu, scale)
+    got = kernels.kernel("bias_add_relu_", "numba")(y.copy(), bias, res, relu, scale)
+    assert got.dtype == expected.dtype and got.tobytes() == expected.tobytes()
 
 
 @pytest.mark.cuda

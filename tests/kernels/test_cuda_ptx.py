@@ -43,7 +43,9 @@ for dtype in (np.float32, np.float64):
         "im2col": (cc._im2col, (f(4), 0, 3, 3, 1, 1, 1, 1, 1, 1, 2, zero, f(2))),
         "col2im": (cc._col2im, (f(2), 0, 3, 3, 1, 1, 1, 1, 1, 1, 2, 2, zero, f(4))),
         "add_bias": (cc._add_bias, (f(3), f(1))),
-        "bias_add_relu": (cl._bias_add_relu, (f(2), f(1), f(2), True, True, zero)),
+        "bias_add_relu": (
+            cl._BIAS_ADD_RELU[np.dtype(dtype)], (f(2), f(1), True, f(1), f(2), True, True, zero)
+        ),
         "relu": (cl._relu, (f(1), f(1), zero)),
         "max_pool": (cl._max_pool, (f(4), 3, 3, 2, 2, 1, 1, True, dtype(-np.inf), f(4), i64(4))),
         "add_upsampled": (cl._add_upsampled, (f(4), f(4), np.float32(0.5), np.float32(0.5))),

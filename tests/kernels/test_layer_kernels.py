@@ -41,18 +41,22 @@ def assert_same_bytes(got, expected):
     shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 4), st.integers(1, 5)),
     residual=st.booleans(),
     relu=st.booleans(),
+    scaled=st.booleans(),
     dtype=st.sampled_from(DTYPES),
     seed=st.integers(0, 2**16),
 )
-def test_bias_add_relu_on_the_device_equals_the_reference(shape, residual, relu, dtype, seed):
+def test_bias_add_relu_on_the_device_equals_the_reference(
+    shape, residual, relu, scaled, dtype, seed
+):
     rng = np.random.default_rng(seed)
     y = rng.standard_normal(shape).astype(dtype)
     bias = rng.standard_normal(shape[1]).astype(dtype)
     res = rng.standard_normal(shape).astype(dtype) if residual else None
-    expected = nn.bias_add_relu_(y.copy(), bias, res, relu)
+    scale = rng.standard_normal(shape[1]).astype(dtype) if scaled else None
+    expected = nn.bias_add_relu_(y.copy(), bias, res, relu, scale)
 
     def fused(d_y, d_res):
-        out = nn.bias_add_relu_(d_y, bias, d_res, relu)
+        out = nn.bias_add_relu_(d_y, bias, d_res, relu, scale)
         assert out is d_y  # in place, as the reference
         return out
 

@@ -21,6 +21,7 @@ import numpy as np
 from numba import cuda
 
 from . import is_device_array, to_device
+from .cuda_rounding import rounded_product
 
 _THREADS = 256
 
@@ -38,23 +39,35 @@ def _nchw(i, c, h, w):
 # --- bias + shortcut + ReLU, in place (the folded convolution's epilogue) ---------------
 
 
-@cuda.jit
-def _bias_add_relu(y, bias, residual, has_residual, relu, zero):
-    # y, residual (planes, size) with plane p = (image, channel p % C)
-    i = cuda.grid(1)
-    planes, size = y.shape
-    if i >= planes * size:
-        return
-    p, q = i // size, i % size
-    v = y[p, q] + bias[p % bias.shape[0]]
-    if has_residual:
-        v += residual[p, q]
-    if relu and v < zero:  # NaN stays NaN, as np.maximum(v, 0)
-        v = zero
-    y[p, q] = v
+def _make_bias_add_relu(dtype):
+    mul = rounded_product(dtype)
+
+    @cuda.jit
+    def bias_add_relu(y, scale, has_scale, bias, residual, has_residual, relu, zero):
+        # y, residual (planes, size) with plane p = (image, channel p % C)
+        i = cuda.grid(1)
+        planes, size = y.shape
+        if i >= planes * size:
+            return
+        p, q = i // size, i % size
+        v = y[p, q]
+        if has_scale:
+            v = mul(v, scale[p % scale.shape[0]])  # rounded before the add, as the reference
+        v += bias[p % bias.shape[0]]
+        if has_residual:
+            v += residual[p, q]
+        if relu and v < zero:  # NaN stays NaN, as np.maximum(v, 0)
+            v = zero
+        y[p, q] = v
+
+    return bias_add_relu
 
 
-def bias_add_relu_(y, bias, residual=None, relu=True):
+# One compilation per float dtype: ``mul`` is libdevice's function for that dtype.
+_BIAS_ADD_RELU = {np.dtype(t): _make_bias_add_relu(t) for t in (np.float32, np.float64)}
+
+
+def bias_add_relu_(y, bias, residual=None, relu=True, scale=None):
     """Same contract as ``tinymaskrcnn.nn.layers.bias_add_relu_``; None for a host ``y``."""
     if not is_device_array(y):
         return None
@@ -62,10 +75,12 @@ def bias_add_relu_(y, bias, residual=None, relu=True):
     dtype = np.dtype(y.dtype)
     flat = y.reshape(n * c, h * w)
     d_bias = to_device(bias, dtype).reshape(-1)
+    d_scale = d_bias if scale is None else to_device(scale, dtype).reshape(-1)
     d_res = flat if residual is None else to_device(residual, dtype).reshape(n * c, h * w)
-    _bias_add_relu[_blocks(flat.size), _THREADS](
-        flat, d_bias, d_res, residual is not None, relu, dtype.type(0)
-    )
+    _BIAS_ADD_RELU[dtype][_blocks(flat.size), _THREADS](
+        flat, d_scale, scale is not None, d_bias, d_res, residual is not None, relu,
+        dtype.type(0),
+    )  # fmt: skip
     return y
 
 

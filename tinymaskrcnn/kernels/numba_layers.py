@@ -1,8 +1,8 @@
 """Numba CPU kernels for nn/layers.py: the fused inference epilogue, ReLU and max pooling.
 
-``bias_add_relu_`` ends every folded convolution of the backbone's inference path
-(bias from the frozen batch norm, the block's shortcut, ReLU). NumPy does that in two
-or three single-threaded passes over the feature map; this does it in one pass, one
+``bias_add_relu_`` ends every convolution + fixed batch norm of the backbone's inference
+path (the batch norm's scale and shift, the block's shortcut, ReLU). NumPy does that in
+two to four single-threaded passes over the feature map; this does it in one pass, one
 (image, channel) plane per parallel iteration. ``relu`` is nn.ReLU in inference (the RPN
 and mask heads' ReLUs): ``np.maximum(x, 0)`` on all threads, with its exact results.
 In training ``relu_with_mask`` writes the output and the mask backward needs in one
@@ -33,34 +33,39 @@ RELU_MIN_WORK = 1 << 17
 
 
 @njit(parallel=True, cache=True)
-def _bias_add_relu(y, bias, residual, has_residual, relu):
+def _bias_add_relu(y, scale, has_scale, bias, residual, has_residual, relu, zero):
+    # zero: 0 in y's dtype, so that v keeps that type (a literal 0 would make it float64,
+    # and float32 products and sums would then round once instead of twice).
     planes, size = y.shape
     channels = bias.shape[0]
     for p in prange(planes):
         b = bias[p % channels]
+        s = scale[p % channels] if has_scale else b
         for i in range(size):
-            v = y[p, i] + b
+            v = y[p, i]
+            if has_scale:
+                v = v * s  # rounded on its own, then the add: the reference's order
+            v += b
             if has_residual:
                 v += residual[p, i]
-            if relu and v < 0:
-                v = 0
+            if relu and v < zero:
+                v = zero
             y[p, i] = v
 
 
-def bias_add_relu_(y, bias, residual=None, relu=True):
+def bias_add_relu_(y, bias, residual=None, relu=True, scale=None):
     """Same contract as ``tinymaskrcnn.nn.layers.bias_add_relu_`` (in place on y)."""
     n, c, h, w = y.shape
     if not y.flags.c_contiguous:  # never for a convolution's output; keep the contract
-        y[...] = bias_add_relu_(np.ascontiguousarray(y), bias, residual, relu)
+        y[...] = bias_add_relu_(np.ascontiguousarray(y), bias, residual, relu, scale)
         return y
     flat = y.reshape(n * c, h * w)
     b = np.ascontiguousarray(np.asarray(bias).reshape(-1), dtype=y.dtype)
+    s = b if scale is None else np.ascontiguousarray(np.asarray(scale).reshape(-1), dtype=y.dtype)
+    r = flat if residual is None else np.ascontiguousarray(residual, dtype=y.dtype)
     with threads_for(y.size):
-        if residual is None:
-            _bias_add_relu(flat, b, flat, False, relu)
-        else:
-            r = np.ascontiguousarray(residual, dtype=y.dtype).reshape(n * c, h * w)
-            _bias_add_relu(flat, b, r, True, relu)
+        _bias_add_relu(flat, s, scale is not None, b, r.reshape(n * c, h * w),
+                       residual is not None, relu, y.dtype.type(0))  # fmt: skip
     return y
 
 

@@ -290,19 +290,23 @@ def resize_bilinear(image, size) -> np.ndarray:
 # --- the fused inference epilogue ------------------------------------------------------
 
 
-def bias_add_relu_(y, bias, residual=None, relu=True):
-    """In place on ``y``: y += bias (per channel), += residual, then max(y, 0).
+def bias_add_relu_(y, bias, residual=None, relu=True, scale=None):
+    """In place on ``y``: y *= scale, += bias (per channel), += residual, then max(y, 0).
 
     y:        (N, C, H, W) a fresh output this call may overwrite (a convolution's).
     bias:     (C,) or (1, C, 1, 1).
     residual: (N, C, H, W) or None (a ResNet block's shortcut).
-    Returns y. The inference path of the backbone ends every folded conv + frozen batch
-    norm with this, so the big feature maps are read and written once instead of three
-    or four times.
+    scale:    (C,) or (1, C, 1, 1), or None for none (1).
+    Returns y. The inference path of the backbone ends every convolution followed by a
+    fixed batch norm with this (the batch norm's scale and shift, the block's shortcut,
+    its ReLU), so the big feature maps are read and written once instead of three to
+    five times. y * scale, then + bias: FrozenBatchNorm2d's own two roundings.
     """
     fast = kernels.implementation("bias_add_relu_")
-    if fast is not None and fast(y, bias, residual, relu) is not None:
+    if fast is not None and fast(y, bias, residual, relu, scale) is not None:
         return y  # None: no kernel for this array (a CUDA kernel takes device arrays only)
+    if scale is not None:
+        y *= np.asarray(scale, dtype=y.dtype).reshape(1, -1, 1, 1)
     y += np.asarray(bias, dtype=y.dtype).reshape(1, -1, 1, 1)
     if residual is not None:
         y += residual
