@@ -11,9 +11,10 @@ mask without NumPy's bool-to-float cast: the reference's bytes, 2-3x faster on t
 head's (K, 64, 28, 28).
 ``max_pool2d`` is ResNet's stem pooling (and the FPN's P6): the reference builds the
 padded map and passes over it once per window tap (nine times, with two ``np.where``
-each for the argmax), this reads each window once, a plane per parallel iteration
-(ResNet-50's stem at 800 x 1216: 58 -> 41 ms; with argmax, a shapes training batch:
-5.4 -> 1.3 ms).
+each for the argmax). In training this reads each window once, a plane per parallel
+iteration (a shapes training batch: 5.4 -> 1.3 ms); in inference, where only the maxima
+are wanted, it reduces each output row's window rows first, all columns at once, then
+the columns (ResNet-50's stem at 800 x 1216: 52 ms by the reference, 20 ms).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import numba_threads
 from .numba_threads import threads_for
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -142,12 +142,12 @@ def relu(x):
 
 
 @njit(parallel=True, cache=True)
-def _max_pool(x, kh, kw, sh, sw, ph, pw, with_argmax, lowest, zero, y, winner):
-    # x (P, H, W) planes -> y, winner (P, Ho, Wo); padding never wins (it reads as -inf).
-    # The reference's rules, as in cuda_layers._max_pool: strictly greater wins, so the
-    # first maximum in scan order does; a NaN sticks in inference (np.maximum) and never
-    # wins with argmax (``window > best``). The choice is a select, not a branch: on
-    # real maps "greater" is a coin toss the branch predictor loses (30 ns an output).
+def _max_pool(x, kh, kw, sh, sw, ph, pw, lowest, y, winner):
+    # Training: x (P, H, W) planes -> y, winner (P, Ho, Wo); padding never wins (it reads
+    # as -inf). The reference's rules, as in cuda_layers._max_pool: strictly greater wins,
+    # so the first maximum in scan order does, and a NaN never does (``window > best``).
+    # The choice is a select, not a branch: on real maps "greater" is a coin toss the
+    # branch predictor loses (30 ns an output).
     planes, h, w = x.shape
     ho, wo = y.shape[1], y.shape[2]
     for p in prange(planes):
@@ -157,49 +157,72 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, with_argmax, lowest, zero, y, winner):
             for col in range(wo):
                 q0 = col * sw - pw
                 b0, b1 = max(0, -q0), min(kw, w - q0)
-                best, arg, nan = lowest, 0, zero  # nan: 0 until a NaN is met
+                best, arg = lowest, 0
                 for a in range(a0, a1):
                     for b in range(b0, b1):
                         v = x[p, r0 + a, q0 + b]
                         take = v > best
                         best = v if take else best
                         arg = (r0 + a) * w + q0 + b if take else arg
-                        nan = v if (v != v) & (nan == nan) else nan  # the first NaN
-                if not with_argmax and nan != nan:
-                    best = nan  # np.maximum's NaN sticks (with argmax a NaN never wins)
                 y[p, row, col] = best
-                if with_argmax:
-                    winner[p, row, col] = arg
+                winner[p, row, col] = arg
+
+
+@njit(inline="always")
+def _nan_max(best, v):
+    # np.maximum's value: v when greater or NaN, so a NaN sticks once met. (Which of two
+    # equal zeros, or of two NaNs, comes back is left open, as by np.maximum's SIMD loop.)
+    return v if (v > best) | (v != v) else best
+
+
+@njit(parallel=True, cache=True)
+def _max_pool_values(x, kh, kw, sh, sw, ph, pw, lowest, y):
+    # Inference: x (P, H, W) planes -> y (P, Ho, Wo), the windows' maxima alone. The
+    # window's rows are reduced first, for every column at once (contiguous, so it
+    # vectorises), into one row m; then each output takes the max of its kw columns of
+    # m. The same maxima as window by window; padding never wins (it reads as -inf).
+    planes, h, w = x.shape
+    ho, wo = y.shape[1], y.shape[2]
+    for p in prange(planes):
+        m = np.empty(w, x.dtype)
+        for row in range(ho):
+            r0 = row * sh - ph
+            a0, a1 = max(0, -r0), min(kh, h - r0)  # taps inside the map
+            first = x[p, r0 + a0]
+            for j in range(w):
+                m[j] = first[j]
+            for a in range(a0 + 1, a1):
+                src = x[p, r0 + a]
+                for j in range(w):
+                    m[j] = _nan_max(m[j], src[j])
+            for col in range(wo):
+                q0 = col * sw - pw
+                b0, b1 = max(0, -q0), min(kw, w - q0)
+                best = lowest
+                for b in range(b0, b1):
+                    best = _nan_max(best, m[q0 + b])
+                y[p, row, col] = best
 
 
 def max_pool2d(x, kernel_size, stride, padding, out_hw, argmax):
     """Same contract as ``tinymaskrcnn.nn.layers.max_pool2d`` with checked pairs and the
     output size: y (N, C, Ho, Wo) and, with ``argmax``, the flat index of each winner
-    (int64). None for anything but a float host array, and for inference on a map below
-    ``PARALLEL_MIN_WORK`` elements: there this runs on one thread, and the reference's
-    nine vectorised passes are faster (the shapes stem, 1 x 16 x 64 x 64: 0.23 against
-    0.33 ms); from there on two threads win (ResNet-50's stem: 57.6 -> 40.8 ms). With
-    argmax it always runs (a shapes training batch: 5.4 -> 1.3 ms)."""
+    (int64). None for anything but a float host array. Inference takes the maxima alone
+    (``_max_pool_values``: rows, then columns; ResNet-50's stem at 800 x 1216, 2 threads:
+    57 -> 20 ms, the reference 52 ms; the shapes stem 0.16 -> 0.13 ms), training the
+    window-by-window scan with the argmax (a shapes training batch: 5.4 -> 1.3 ms)."""
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
-        return None
-    if not argmax and x.size < numba_threads.PARALLEL_MIN_WORK:
         return None
     n, c, h, w = x.shape
     ho, wo = out_hw
     planes = np.ascontiguousarray(x).reshape(n * c, h, w)
     y = np.empty((n * c, ho, wo), x.dtype)
-    winner = np.empty((n * c, ho, wo) if argmax else (1, 1, 1), np.int64)
+    lowest = x.dtype.type(-np.inf)
+    if not argmax:
+        with threads_for(x.size):
+            _max_pool_values(planes, *kernel_size, *stride, *padding, lowest, y)
+        return y.reshape(n, c, ho, wo)
+    winner = np.empty((n * c, ho, wo), np.int64)
     with threads_for(x.size):
-        _max_pool(
-            planes,
-            *kernel_size,
-            *stride,
-            *padding,
-            argmax,
-            x.dtype.type(-np.inf),
-            x.dtype.type(0),
-            y,
-            winner,
-        )
-    y = y.reshape(n, c, ho, wo)
-    return (y, winner.reshape(n, c, ho, wo)) if argmax else y
+        _max_pool(planes, *kernel_size, *stride, *padding, lowest, y, winner)
+    return y.reshape(n, c, ho, wo), winner.reshape(n, c, ho, wo)
