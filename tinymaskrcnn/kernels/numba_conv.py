@@ -111,13 +111,17 @@ def col2im(cols, out, kernel_size, stride, dilation, rows):
 # reused from band to band. A band also holds at most WINOGRAD_BAND_TILES tiles: with
 # few channels the byte budget alone let a band take a whole batch of small maps, whose
 # V and M then went out to memory between the transform and the product. Measured on
-# the AVX-512 VM (benchmarks/RESULTS.md, 2026-12-07; 2 threads, forward / weight
-# gradient): the shapes mask head's 128 RoIs, 64 channels at 14 x 14, 16.5 / 23.2 ->
-# 13.5 / 18.1 ms; ResNet-50's 64-channel 200 x 304, 31.0 / 38.4 -> 27.1 / 37.4 ms; with
-# 128 channels or more the byte budget is the smaller one, as before.
+# the AVX-512 VM (benchmarks/RESULTS.md, 2026-12-07 and 2026-12-08; forward / weight
+# gradient): the shapes mask head's 128 RoIs, 64 channels at 14 x 14, by the 64 MiB
+# budget alone 16.5 / 23.2 ms at 2 threads; at 4096 tiles 13.5 / 18.1 one day and
+# 19.6 / 23.4 the next, at 1024 tiles 15.2 / 19.4 and 15.4 / 19.7. On one thread, as
+# the shapes recipe trains, 1024 tiles won every case timed (the mask head 20.7 / 25.3
+# -> 16.6 / 20.1 ms; ResNet-50's 128 channels at 100 x 152, 29.9 / 33.8 -> 22.3 /
+# 26.6), and whole training steps took a median 9-14 ms less (in one process,
+# alternating). ResNet-50-FPN's forward at 2 threads: alike at either size.
 
 WINOGRAD_BAND_BYTES = 64 * 2**20
-WINOGRAD_BAND_TILES = 4096
+WINOGRAD_BAND_TILES = 1024
 
 # Below this size of the product (N * H * W * C * O, about a ninth of its multiply-adds)
 # the transforms cost more than the multiplies they save, and im2col's one GEMM in BLAS
