@@ -120,7 +120,12 @@ class MultiScaleRoI(nn.Module):
             # RoIPool's and crop_and_resize's come over (kernels.to_host).
             if self.op == "align":
                 pooled = roi_align(
-                    f, rois[chosen], self.output_size, scale, self.sampling_ratio, aligned=False
+                    f,
+                    _rows(rois, chosen),
+                    self.output_size,
+                    scale,
+                    self.sampling_ratio,
+                    aligned=False,
                 )
                 out = _place_rows(out, chosen, pooled, shape)
             elif self.op == "pool":
@@ -149,7 +154,11 @@ class MultiScaleRoI(nn.Module):
             elif self.op == "align":
                 grads.append(
                     roi_align_backward(
-                        grad_out[chosen], rois[chosen], shape, scale, self.sampling_ratio
+                        _rows(grad_out, chosen),
+                        _rows(rois, chosen),
+                        shape,
+                        scale,
+                        self.sampling_ratio,
                     )
                 )
             else:
@@ -177,13 +186,23 @@ class MultiScaleRoI(nn.Module):
         return features, np.concatenate(rois)
 
 
+def _rows(array, rows):
+    """array[rows], or array itself when ``rows`` (ascending, as from np.flatnonzero) are
+    all of its rows: one level holding every RoI (the shapes model's boxes, 40-62 px,
+    all read P2) costs no copy of the RoIs or of their gradient (6.4 MB a training step)."""
+    return array if len(rows) == len(array) else array[rows]
+
+
 def _place_rows(out, rows, values, shape):
     """out[rows] = values; out (shape) made on first use (None), where values live.
 
     The levels' rows partition the RoIs (every RoI has one level), so every row of out
     is written once. Under "cuda" with device values the rows are placed by a kernel
-    and out stays on the device.
+    and out stays on the device. When one level holds every RoI (``_rows``), its values
+    are out as they are, wherever they live: no copy.
     """
+    if out is None and len(rows) == shape[0]:
+        return values
     fast = kernels.implementation("place_rows")
     if fast is not None:
         placed = fast(out, rows, values, shape[0])
