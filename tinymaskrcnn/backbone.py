@@ -76,8 +76,8 @@ def _folded(conv: nn.Conv2d, bn: nn.Module, x, relu: bool, residual=None):
     dtype = np.dtype(x.dtype)
     if not kernels.is_device_array(x):
         scale, shift = bn.scale_shift(dtype)
-        y = nn.conv2d(x, conv.weight.data, None, conv.stride, conv.padding, conv.dilation,
-                      conv.groups)  # fmt: skip
+        geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        y = nn.conv2d(x, conv.weight.data, None, *geometry)
         return nn.bias_add_relu_(y, shift, residual, relu, scale)
 
     def fold():

@@ -77,10 +77,10 @@ def bias_add_relu_(y, bias, residual=None, relu=True, scale=None):
     d_bias = to_device(bias, dtype).reshape(-1)
     d_scale = d_bias if scale is None else to_device(scale, dtype).reshape(-1)
     d_res = flat if residual is None else to_device(residual, dtype).reshape(n * c, h * w)
-    _BIAS_ADD_RELU[dtype][_blocks(flat.size), _THREADS](
-        flat, d_scale, scale is not None, d_bias, d_res, residual is not None, relu,
-        dtype.type(0),
-    )  # fmt: skip
+    kernel = _BIAS_ADD_RELU[dtype][_blocks(flat.size), _THREADS]
+    kernel(
+        flat, d_scale, scale is not None, d_bias, d_res, residual is not None, relu, dtype.type(0)
+    )
     return y
 
 

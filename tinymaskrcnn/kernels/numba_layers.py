@@ -62,10 +62,13 @@ def bias_add_relu_(y, bias, residual=None, relu=True, scale=None):
     flat = y.reshape(n * c, h * w)
     b = np.ascontiguousarray(np.asarray(bias).reshape(-1), dtype=y.dtype)
     s = b if scale is None else np.ascontiguousarray(np.asarray(scale).reshape(-1), dtype=y.dtype)
-    r = flat if residual is None else np.ascontiguousarray(residual, dtype=y.dtype)
+    r = flat
+    if residual is not None:
+        r = np.ascontiguousarray(residual, dtype=y.dtype).reshape(n * c, h * w)
     with threads_for(y.size):
-        _bias_add_relu(flat, s, scale is not None, b, r.reshape(n * c, h * w),
-                       residual is not None, relu, y.dtype.type(0))  # fmt: skip
+        _bias_add_relu(
+            flat, s, scale is not None, b, r, residual is not None, relu, y.dtype.type(0)
+        )
     return y
 
 
