@@ -74,21 +74,21 @@ def _folded(conv: nn.Conv2d, bn: nn.Module, x, relu: bool, residual=None):
     is kept for backward, i.e. in eval mode or under no_grad.
     """
     dtype = np.dtype(x.dtype)
-    if not kernels.is_device_array(x):
-        scale, shift = bn.scale_shift(dtype)
-        geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
-        y = nn.conv2d(x, conv.weight.data, None, *geometry)
-        return nn.bias_add_relu_(y, shift, residual, relu, scale)
+    if kernels.is_device_array(x):
 
-    def fold():
-        scale, shift = bn.scale_shift(dtype)
-        return conv.weight.data.astype(dtype, copy=False) * scale.reshape(-1, 1, 1, 1), shift
+        def fold():
+            scale, shift = bn.scale_shift(dtype)
+            return conv.weight.data.astype(dtype, copy=False) * scale.reshape(-1, 1, 1, 1), shift
 
-    sources = [conv.weight.data, *(p.data for p in bn.parameters())]
-    sources += [array for _, array in bn.named_buffers()]
-    weight, shift = conv.kernel_weights.get(fold, sources, ("folded", dtype))
+        sources = [conv.weight.data, *(p.data for p in bn.parameters())]
+        sources += [array for _, array in bn.named_buffers()]
+        weight, shift = conv.kernel_weights.get(fold, sources, ("folded", dtype))
+        scale = None  # in the weight
+    else:
+        weight = conv.weight.data
+        scale, shift = bn.scale_shift(dtype)
     y = nn.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return nn.bias_add_relu_(y, shift, residual, relu)
+    return nn.bias_add_relu_(y, shift, residual, relu, scale)
 
 
 def _folded_shortcut(block: nn.Module, x):
