@@ -98,9 +98,23 @@ def main(argv=None):
         help="start both from the shipped shapes model: the steps of a trained model, whose "
         "proposals overlap the objects, so the mask head runs on more RoIs",
     )
-    parser.add_argument("--profile-steps", type=int, default=10)
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=10,
+        help="steps under cProfile after the timed ones (0: no profile)",
+    )
     parser.add_argument("--torchvision-only", metavar="OUT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for flag, low in (
+        ("threads", 1),
+        ("batch", 1),
+        ("warmup", 0),
+        ("steps", 1),
+        ("profile_steps", 0),
+    ):
+        if getattr(args, flag) < low:
+            parser.error(f"--{flag.replace('_', '-')} must be >= {low}; got {getattr(args, flag)}")
     _set_threads(args.threads)
     if args.torchvision_only:
         return torchvision_steps(args)
@@ -153,7 +167,8 @@ def main(argv=None):
             print(f"  ratio torchvision / ours: {t_tv / t_ours:.2f}x median, "
                   f"{best_tv / best_ours:.2f}x best")  # fmt: skip
 
-    profile(model, optimizer, dataset, settings, args)
+    if args.profile_steps:
+        profile(model, optimizer, dataset, settings, args)
     return 0
 
 
