@@ -69,9 +69,10 @@ def _folded(conv: nn.Conv2d, bn: nn.Module, x, relu: bool, residual=None):
     arithmetic, with no per-forward copy of the weight. On device maps the scale is
     folded into the weight instead (weight * scale, the shift as the bias), computed and
     copied to the GPU once per value of the arrays it comes from (kernels.DeviceCopy),
-    so that a forward moves no parameters. Both give the layer-by-layer numbers up to
-    float rounding (the torchvision parity tests run this path); used only when nothing
-    is kept for backward, i.e. in eval mode or under no_grad.
+    so that a forward moves no parameters. The host path gives exactly the layer-by-layer
+    values (tests/test_backbone.py), the device path the same up to the folded weight's
+    rounding (the torchvision parity tests run this path); used only when nothing is
+    kept for backward, i.e. in eval mode or under no_grad.
     """
     dtype = np.dtype(x.dtype)
     if kernels.is_device_array(x):

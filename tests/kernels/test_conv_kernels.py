@@ -423,16 +423,6 @@ def test_numba_relu_gives_np_maximums_bytes_and_leaves_its_input(dtype):
 )
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # inf * 0, as the reference
 def test_numba_training_relu_gives_the_references_bytes(shape, dtype, grad_dtype, seed):
-    # Small arrays, which the kernels leave to the reference unless told otherwise.
-    limit = numba_layers.RELU_MIN_WORK
-    numba_layers.RELU_MIN_WORK = 0
-    try:
-        _check_training_relu(shape, dtype, grad_dtype, seed)
-    finally:
-        numba_layers.RELU_MIN_WORK = limit
-
-
-def _check_training_relu(shape, dtype, grad_dtype, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
     grad = rng.standard_normal(shape).astype(grad_dtype)
@@ -443,11 +433,14 @@ def _check_training_relu(shape, dtype, grad_dtype, seed):
         np.array([np.inf, -np.inf, np.nan, -0.0], grad_dtype), every_third.size
     )
     before = x.copy()
-    y, mask = kernels.kernel("relu_with_mask", "numba")(x)
+    with pytest.MonkeyPatch.context() as patch:
+        # Small arrays, which the kernels leave to the reference unless told otherwise.
+        patch.setattr(numba_layers, "RELU_MIN_WORK", 0)
+        y, mask = kernels.kernel("relu_with_mask", "numba")(x)
+        got = kernels.kernel("relu_backward", "numba")(grad, mask)
     assert mask.dtype == np.bool_ and np.array_equal(mask, x > 0)
     assert y.dtype == (x * (x > 0)).dtype and y.tobytes() == (x * (x > 0)).tobytes()
     assert x.tobytes() == before.tobytes()
-    got = kernels.kernel("relu_backward", "numba")(grad, mask)
     assert got.dtype == (grad * mask).dtype and got.tobytes() == (grad * mask).tobytes()
 
 
